@@ -1,0 +1,218 @@
+"""White-box L-infinity attacks: fgsm, step_ll, rand_fgsm, ifgsm, pgd and epgd.
+
+Formulas: shared/reference/algorithms.md §1.1-1.6. Gradients are taken w.r.t. the input only
+(`torch.autograd.grad`; the defense's parameters are frozen), batched, and, for a randomized
+defense, averaged over `draws` independent forward passes (expectation over transformation).
+Every function returns images inside the eps ball and [0, 1]; `check_perturbation` verifies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.errors import AttackBoundsError
+from benchmark.randomness import per_example_sign, per_example_uniform
+from benchmark.spec import AttackParams
+
+# float32 rounding of x + eps can exceed eps by a few ulps; anything larger is a bug.
+BOUNDS_TOLERANCE = 1e-6
+
+
+@dataclass
+class PassCounter:
+    """Images sent through the model: forward passes and backward passes (input gradients)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def add(self, images: int, *, backward: bool) -> None:
+        self.forward += images
+        if backward:
+            self.backward += images
+
+
+def input_gradient(defense, x: torch.Tensor, labels: torch.Tensor, *, draws: int = 1,
+                   counter: PassCounter | None = None) -> torch.Tensor:
+    """d/dx of the cross-entropy summed over the batch, averaged over `draws` forward passes.
+
+    The loss per draw is averaged after the cross-entropy (the EPGD order of Nemcovsky et al.).
+    """
+    gradient = None
+    for _ in range(draws):
+        x_var = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(defense(x_var), labels, reduction="sum")
+        (draw_gradient,) = torch.autograd.grad(loss, x_var)
+        gradient = draw_gradient if gradient is None else gradient + draw_gradient
+        if counter is not None:
+            counter.add(x.shape[0], backward=True)
+    return gradient / draws if draws > 1 else gradient
+
+
+@torch.no_grad()
+def least_likely_labels(defense, x: torch.Tensor, counter: PassCounter | None = None) -> torch.Tensor:
+    """The least-likely class of each clean input, by the defense's own scores."""
+    if counter is not None:
+        counter.add(x.shape[0], backward=False)
+    return defense.scores(x).argmin(dim=1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Onto the eps ball around x, then onto [0, 1]."""
+    return torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)
+
+
+def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, attack: str = "attack") -> None:
+    """Raise AttackBoundsError when x_adv leaves the eps ball or [0, 1] (or is not finite)."""
+    if x_adv.shape != x.shape:
+        raise AttackBoundsError(f"{attack}: returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackBoundsError(f"{attack}: produced NaN or inf pixels")
+    distance = float((x_adv - x).abs().max()) if x.numel() else 0.0
+    if distance > eps + BOUNDS_TOLERANCE:
+        raise AttackBoundsError(f"{attack}: L-inf distance {distance:.8f} exceeds eps {eps:.8f}")
+    low, high = float(x_adv.min()), float(x_adv.max())
+    if low < 0.0 or high > 1.0:
+        raise AttackBoundsError(f"{attack}: pixels outside [0, 1] (min {low}, max {high})")
+
+
+# ---------------------------------------------------------------- single-step attacks
+
+
+def fgsm(defense, x, y, *, eps: float, draws: int = 1, counter: PassCounter | None = None):
+    """x + eps * sign(grad J(x, y)), clipped to [0, 1]."""
+    gradient = input_gradient(defense, x, y, draws=draws, counter=counter)
+    return torch.clamp(x + eps * gradient.sign(), 0.0, 1.0).detach()
+
+
+def step_ll(defense, x, *, eps: float, target: torch.Tensor | None = None, draws: int = 1,
+            counter: PassCounter | None = None):
+    """One step of eps towards the least-likely class: x - eps * sign(grad J(x, y_ll))."""
+    if target is None:
+        target = least_likely_labels(defense, x, counter)
+    gradient = input_gradient(defense, x, target, draws=draws, counter=counter)
+    return torch.clamp(x - eps * gradient.sign(), 0.0, 1.0).detach()
+
+
+def rand_fgsm(defense, x, y, *, eps: float, alpha: float, sign_noise: torch.Tensor | None = None,
+              generator: torch.Generator | None = None, least_likely: bool = False, draws: int = 1,
+              counter: PassCounter | None = None):
+    """Tramer et al. §4: a random sign step of alpha, then a gradient step of eps - alpha.
+
+    `y` is the true label, or the least-likely target when `least_likely` (then the step descends).
+    The noisy point is clipped to [0, 1] before the gradient, as in the authors' MNIST code.
+    """
+    if sign_noise is None:
+        sign_noise = torch.randn(x.shape, generator=generator).sign().to(x.device)
+    x_noisy = torch.clamp(x + alpha * sign_noise, 0.0, 1.0)
+    gradient = input_gradient(defense, x_noisy, y, draws=draws, counter=counter)
+    direction = -gradient.sign() if least_likely else gradient.sign()
+    return project(x_noisy + (eps - alpha) * direction, x, eps).detach()
+
+
+# ---------------------------------------------------------------- iterative attacks
+
+
+def _iterate(defense, x, y, x_start, *, eps, steps, step_size, draws, counter):
+    x_adv = x_start
+    for _ in range(steps):
+        gradient = input_gradient(defense, x_adv, y, draws=draws, counter=counter)
+        x_adv = project(x_adv + step_size * gradient.sign(), x, eps)
+    return x_adv.detach()
+
+
+def ifgsm(defense, x, y, *, eps: float, steps: int, draws: int = 1, counter: PassCounter | None = None):
+    """Basic iterative method: `steps` FGSM steps of eps/steps from x, true label."""
+    return _iterate(defense, x, y, x, eps=eps, steps=steps, step_size=eps / steps, draws=draws,
+                    counter=counter)
+
+
+def pgd(defense, x, y, *, eps: float, steps: int, step_size: float, random_start: bool = True,
+        start_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        draws: int = 1, counter: PassCounter | None = None):
+    """Madry et al.: uniform random start in the ball, then `steps` projected sign-gradient steps.
+
+    With `draws` > 1 this is EPGD (Nemcovsky et al. §4.2): each step's gradient is the mean over
+    `draws` stochastic forward passes.
+    """
+    x_start = x
+    if random_start:
+        if start_noise is None:
+            start_noise = (2 * torch.rand(x.shape, generator=generator) - 1).to(x.device) * eps
+        x_start = torch.clamp(x + start_noise, 0.0, 1.0)
+    return _iterate(defense, x, y, x_start, eps=eps, steps=steps, step_size=step_size, draws=draws,
+                    counter=counter)
+
+
+# ---------------------------------------------------------------- the white-box family registry
+
+
+@dataclass(frozen=True)
+class AttackBatch:
+    """One batch to attack: images, true labels and their example indices (for per-example noise)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor
+
+
+def _noise_shape(batch: AttackBatch) -> tuple[int, ...]:
+    return tuple(batch.x.shape[1:])
+
+
+def _run_fgsm(defense, batch, params, eps, seed, counter):
+    return fgsm(defense, batch.x, batch.y, eps=eps, counter=counter)
+
+
+def _run_step_ll(defense, batch, params, eps, seed, counter):
+    return step_ll(defense, batch.x, eps=eps, counter=counter)
+
+
+def _run_rand_fgsm(defense, batch, params, eps, seed, counter):
+    noise = per_example_sign(_noise_shape(batch), batch.indices, seed, "rand_fgsm").to(batch.x.device)
+    least_likely = params.label == "least_likely"
+    labels = least_likely_labels(defense, batch.x, counter) if least_likely else batch.y
+    return rand_fgsm(defense, batch.x, labels, eps=eps, alpha=params.alpha, sign_noise=noise,
+                     least_likely=least_likely, counter=counter)
+
+
+def _run_ifgsm(defense, batch, params, eps, seed, counter):
+    return ifgsm(defense, batch.x, batch.y, eps=eps, steps=params.steps, counter=counter)
+
+
+def _pgd_runner(stream: str) -> Callable:
+    def run(defense, batch, params, eps, seed, counter):
+        noise = None
+        if params.random_start:
+            noise = per_example_uniform(_noise_shape(batch), batch.indices, seed, stream, -eps, eps)
+            noise = noise.to(batch.x.device)
+        return pgd(defense, batch.x, batch.y, eps=eps, steps=params.steps, step_size=params.step_size,
+                   random_start=params.random_start, start_noise=noise, draws=params.draws or 1,
+                   counter=counter)
+
+    return run
+
+
+WHITE_BOX: dict[str, Callable] = {
+    "fgsm": _run_fgsm,
+    "step_ll": _run_step_ll,
+    "rand_fgsm": _run_rand_fgsm,
+    "ifgsm": _run_ifgsm,
+    "pgd": _pgd_runner("pgd"),
+    "epgd": _pgd_runner("epgd"),
+}
+
+
+def run_white_box(name: str, defense, batch: AttackBatch, params: AttackParams, eps: float, seed: int,
+                  counter: PassCounter | None = None) -> torch.Tensor:
+    """Run registry attack `name` on a batch with the spec's parameters; verify the bounds."""
+    if name not in WHITE_BOX:
+        from benchmark.errors import ThreatbenchError
+
+        raise ThreatbenchError(f"unknown attack {name!r}; white-box attacks: {', '.join(WHITE_BOX)}")
+    x_adv = WHITE_BOX[name](defense, batch, params, eps, seed, counter)
+    check_perturbation(batch.x, x_adv, eps, name)
+    return x_adv

@@ -1,0 +1,259 @@
+"""`threatbench run | evaluate | spec | perf`.
+
+A user mistake prints one line (`threatbench: error: ...`) and exits with 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from benchmark.data import DataError
+from benchmark.errors import ThreatbenchError
+from benchmark.spec import WHITE_BOX_ATTACKS, Spec, load_spec
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, not usage + message
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _pick_device(requested: str | None) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ThreatbenchError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# ---------------------------------------------------------------- printing
+
+
+def format_result(result) -> str:
+    record = result.record
+    rows = [
+        [row["measurement"], row["family"], f"{100 * row['accuracy']:.2f}",
+         f"[{100 * row['interval'][0]:.1f}, {100 * row['interval'][1]:.1f}]",
+         "" if row["seconds"] is None else f"{row['seconds']:.1f}"]
+        for row in result.rows()
+    ]
+    table = tabulate(rows, headers=["measurement", "family", "accuracy %", "95% CI", "seconds"],
+                     tablefmt="github")
+    lines = [
+        f"{record['entry']['name']} on {record['dataset']}: eps {record['threat_model']['eps']:g} "
+        f"(L-inf), budget {record['budget']} (n = {record['n']}), seed {record['seed']}, "
+        f"spec v{record['spec']['version']}",
+        "",
+        table,
+        "",
+    ]
+    for family, status in record["families"].items():
+        if status["status"] != "run":
+            lines.append(f"{family} family: {status['reason']}")
+    raised = [name for name, flag in record["flags"].items() if flag["raised"]]
+    lines.append("gradient-masking flags: " + (", ".join(raised) if raised else "none raised"))
+    for name in raised:
+        lines.append(f"  ! {name}: {record['flags'][name]['evidence']}")
+    if record["budget"] != "full":
+        lines.append(f"note: the {record['budget']} budget is provisional; the leaderboard ranks only "
+                     "full-budget results")
+    return "\n".join(lines)
+
+
+def format_spec(spec: Spec, dataset: str | None = None) -> str:
+    names = [dataset] if dataset else list(spec.datasets)
+    blocks = [f"threat-model spec v{spec.version} ({spec.schema}), sha256 {spec.sha256}",
+              f"norm {spec.norm}, pixels in [0, 1], default seed {spec.seed}, "
+              f"{100 * spec.confidence:g}% Wilson intervals"]
+    for name in names:
+        d = spec.dataset(name)
+        blocks.append(f"\n## {name}: eps {d.eps:g}, {d.num_classes} classes, input {list(d.input_shape)}")
+        blocks.append(tabulate([
+            ["architectures", ", ".join(d.architectures)],
+            ["trained architecture", d.trained_architecture],
+            ["static models (ens-adv)", ", ".join(d.static_models) or "-"],
+            ["held-out sources", ", ".join(d.held_out_sources) or "-"],
+            *([["preprocessing", str(d.preprocessing.as_dict())]] if d.preprocessing else []),
+        ], tablefmt="github", headers=["models", ""]))
+        blocks.append(tabulate(
+            [[a, p.label, p.alpha, p.steps, p.step_size, p.random_start, p.draws]
+             for a, p in d.attacks.items()],
+            headers=["white-box attack", "label", "alpha", "steps", "step size", "random start", "draws"],
+            tablefmt="github", missingval="-"))
+        n = d.nattack
+        blocks.append(tabulate([[n.population, n.sigma, n.learning_rate, n.max_iterations,
+                                 n.check_every, list(n.search_shape)]],
+                               headers=["nattack population", "sigma", "lr", "max iterations",
+                                        "check every", "search shape"], tablefmt="github"))
+        blocks.append(tabulate([[b.name, b.n, b.nattack_n, b.nattack_max_iterations or n.max_iterations]
+                                for b in d.budgets.values()],
+                               headers=["budget", "n", "nattack n", "nattack iterations"],
+                               tablefmt="github"))
+    return "\n".join(blocks)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _default_out(dataset: str, entry_name: str, budget: str) -> Path:
+    """./threatbench-results/<dataset>/<entry>-<budget>.json (the directory is created)."""
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry_name)
+    out = Path("threatbench-results") / dataset / f"{safe_name}-{budget}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def command_spec(args) -> int:
+    print(format_spec(load_spec(args.spec), args.dataset))
+    return 0
+
+
+def command_evaluate(args) -> int:
+    from benchmark.defense import file_sha256, load
+    from benchmark.evaluate import EntryInfo, evaluate
+
+    spec = load_spec(args.spec)
+    dataset = spec.dataset(args.dataset)
+    device = _pick_device(args.device)
+    defense = load(args.arch, args.weights, num_classes=dataset.num_classes, sha256=args.sha256,
+                   randomized=args.randomized, in_channels=dataset.input_shape[0], device=device,
+                   name=args.name or args.arch)
+    entry = EntryInfo(name=args.name or args.arch, architecture=args.arch,
+                      weights={"file": Path(args.weights).name, "sha256": file_sha256(args.weights)})
+    out = args.out or _default_out(args.dataset, entry.name, args.budget)
+    result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
+                      batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
+                      progress=not args.no_progress)
+    print(format_result(result))
+    print(f"\nrecord written to {out}")
+    return 0
+
+
+def command_run(args) -> int:
+    from benchmark.defense import load
+    from benchmark.evaluate import EntryInfo, evaluate
+    from benchmark.training import StandardRecipe, cache_dir, train_standard
+
+    spec = load_spec()
+    device = _pick_device(args.device)
+    budget = args.budget or ("full" if device.type == "cuda" else "quick")
+    reason = "a GPU is available" if device.type == "cuda" else "no GPU found"
+    if args.budget:
+        reason = "--budget"
+    recipe = StandardRecipe()
+    model_dir = cache_dir() / "models" / recipe.dataset / recipe.name()
+    print(f"threatbench run: standard model A on {recipe.dataset} ({recipe.epochs} epochs, seed "
+          f"{recipe.seed}), cached in {model_dir}")
+    trained = train_standard(recipe, model_dir, data_dir=args.data_dir, progress=not args.no_progress)
+    print(f"weights sha256 {trained.sha256}")
+    print(f"budget: {budget} ({reason})")
+    dataset = spec.dataset(recipe.dataset)
+    defense = load(recipe.architecture, trained.weights, num_classes=dataset.num_classes,
+                   sha256=trained.sha256, device=device, name="A (standard)")
+    entry = EntryInfo(name="A", kind="baseline", architecture=recipe.architecture,
+                      weights={"file": trained.weights.name, "sha256": trained.sha256},
+                      paper="https://arxiv.org/abs/1705.07204")
+    out = args.out or _default_out(recipe.dataset, entry.name, budget)
+    result = evaluate(defense, recipe.dataset, budget=budget, seed=args.seed, out=out, device=device,
+                      data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress)
+    print(format_result(result))
+    print(f"\nrecord written to {out}")
+    return 0
+
+
+def command_perf(args) -> int:
+    from benchmark.data import load_evaluation_set
+    from benchmark.defense import load
+    from benchmark.perf import measure_attacks
+    from benchmark.training import StandardRecipe, cache_dir
+
+    spec = load_spec()
+    dataset = spec.dataset("fashion-mnist")
+    device = _pick_device(args.device)
+    recipe = StandardRecipe()
+    weights = cache_dir() / "models" / recipe.dataset / recipe.name() / "weights.safetensors"
+    defense = load("mnist_a", weights if weights.is_file() else None, num_classes=10, device=device)
+    eval_set = load_evaluation_set("fashion-mnist", args.batch_size, args.data_dir)
+    x = torch.stack([eval_set[i][0] for i in range(args.batch_size)]).to(device)
+    y = eval_set.labels[: args.batch_size].to(device)
+    attacks = [a for a in WHITE_BOX_ATTACKS if a != "epgd"]
+    floor, rows = measure_attacks(defense, dataset, x, y, attacks, repeats=args.repeats)
+    print(f"model A ({'trained' if weights.is_file() else 'random init'} weights) on fashion-mnist, "
+          f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} interleaved repeats")
+    print(f"floor (one forward + backward w.r.t. the input): {1000 * floor:.2f} ms\n")
+    print(tabulate([[r.attack, r.gradient_steps, f"{1000 * r.seconds_per_step:.2f}",
+                     f"{r.ratio_to_floor:.3f}", f"{r.images_per_second:.0f}"] for r in rows],
+                   headers=["attack", "gradient steps", "ms / step", "x floor", "images / s"],
+                   tablefmt="github"))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--seed", type=int, help="default: the spec's seed")
+    parser.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
+    parser.add_argument("--out", help="result record path (JSON); its directory must exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="threatbench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train (once) and judge standard model A on Fashion-MNIST")
+    _add_common(run)
+    run.add_argument("--budget", choices=["quick", "full"], help="default: full on a GPU, else quick")
+    run.set_defaults(handler=command_run)
+
+    evaluate = commands.add_parser("evaluate", help="judge a checkpoint under the spec")
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--arch", required=True, help="mnist_a..mnist_d, resnet20, wrn34_10, timm:<name>")
+    evaluate.add_argument("--weights", required=True, help="a .safetensors file")
+    evaluate.add_argument("--sha256", help="expected sha256 of the weights file")
+    evaluate.add_argument("--budget", choices=["quick", "full"], default="quick")
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--name", help="entry name in the record (default: the architecture)")
+    evaluate.add_argument("--randomized", action="store_true", help="declare the defense randomized")
+    evaluate.add_argument("--spec", help="spec file (default: the packaged v1)")
+    _add_common(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    spec = commands.add_parser("spec", help="print the threat-model spec as tables")
+    spec.add_argument("--dataset")
+    spec.add_argument("--spec", help="spec file (default: the packaged v1)")
+    spec.set_defaults(handler=command_spec)
+
+    perf = commands.add_parser("perf", help="time each attack per step against the forward+backward floor")
+    perf.add_argument("--device", choices=["cpu", "cuda"])
+    perf.add_argument("--batch-size", type=int, default=100)
+    perf.add_argument("--repeats", type=int, default=5)
+    perf.add_argument("--data-dir")
+    perf.set_defaults(handler=command_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ThreatbenchError, DataError) as error:
+        print(f"threatbench: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nthreatbench: interrupted; finished work is checkpointed, rerun the same command to "
+              "resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The defense interface every entry is judged through.
+
+A defense takes float32 NCHW images in [0, 1] (normalization lives inside the model) and exposes:
+
+- `forward(x) -> logits`: the differentiable path white-box attacks use (one random draw per call
+  for a randomized defense);
+- `predict(x) -> labels`: the decision the defense actually makes; every accuracy is measured on it;
+- `scores(x) -> probabilities`: what a query-based attacker observes;
+- `randomized`: declared randomness. `probe_randomness` checks it independently.
+
+Models run in eval mode with frozen parameters, so attacks can only differentiate w.r.t. the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from benchmark.architectures import build
+from benchmark.errors import DefenseOutputError, WeightsError
+
+
+class Defense(nn.Module):
+    """Wraps any `nn.Module` that maps [0, 1] images to logits."""
+
+    def __init__(self, model: nn.Module, num_classes: int, *, randomized: bool = False,
+                 name: str = "defense"):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.randomized = randomized
+        self.name = name
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> Defense:
+        # A judged model never leaves eval mode: dropout and batch statistics would change its answers.
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if logits.ndim != 2 or logits.shape != (x.shape[0], self.num_classes):
+            raise DefenseOutputError(
+                f"{self.name}: the model returned shape {tuple(logits.shape)} for a batch of "
+                f"{x.shape[0]}; expected ({x.shape[0]}, {self.num_classes}) logits "
+                "(check num_classes and that the model returns a single tensor)"
+            )
+        return logits
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return require_finite(self.forward(x), self.name).argmax(dim=1)
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(require_finite(self.forward(x), self.name), dim=1)
+
+
+def require_finite(values: torch.Tensor, name: str) -> torch.Tensor:
+    if not torch.isfinite(values).all():
+        raise DefenseOutputError(
+            f"{name}: the model's output contains NaN or inf; a defense must return finite logits "
+            "for every input in [0, 1]"
+        )
+    return values
+
+
+@torch.no_grad()
+def probe_randomness(defense: Defense, x: torch.Tensor) -> bool:
+    """True when two forward passes on the same batch disagree (an undeclared random defense)."""
+    first, second = defense(x), defense(x)
+    scale = 1.0 + float(first.abs().max())
+    return bool((first - second).abs().max() > 1e-5 * scale)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file, checking its sha256 first when one is given."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise WeightsError(
+                f"{path}: sha256 is {actual}, expected {sha256.lower()}; the file is corrupted or "
+                "not the one the entry names (download it again or fix the expected hash)"
+            )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(
+            f"{path}: not a safetensors file ({error}). threatbench never loads pickled weights "
+            "(.pt/.pth/.bin); convert yours with safetensors.torch.save_file(model.state_dict(), "
+            "'weights.safetensors')"
+        ) from None
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` strictly into `model`, casting fp16 storage to the model's dtype."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            details.append(f"{len(mismatched)} of another shape (e.g. {mismatched[0]})")
+        raise WeightsError(
+            f"{source}: the weights do not fit this architecture: {'; '.join(details)}. "
+            "Check --arch and the dataset's number of classes"
+        )
+    cast = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(cast, strict=True)
+
+
+def load(arch: str, weights: str | os.PathLike | None, *, num_classes: int, sha256: str | None = None,
+         randomized: bool = False, in_channels: int = 1, device: str | torch.device = "cpu",
+         name: str | None = None) -> Defense:
+    """Build `arch`, load its safetensors `weights` (sha256-checked when given), wrap as a Defense."""
+    classifier = build(arch, num_classes, in_channels=in_channels)
+    if weights is not None:
+        load_state(classifier.network, read_safetensors(weights, sha256=sha256), str(weights))
+    defense = Defense(classifier, num_classes, randomized=randomized, name=name or arch)
+    return defense.to(device)

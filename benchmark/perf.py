@@ -1,0 +1,80 @@
+"""Attack cost against its floor: one batched forward + backward w.r.t. the input on the same batch.
+
+A gradient attack cannot be cheaper per step than that floor; the ratio shows what an
+implementation wastes (weight gradients, copies, host-device traffic). Measurements are
+interleaved (floor, then each attack, repeated) and the median is reported, because these machines
+are shared and noisy. This is a benchmark, not a test: it prints numbers and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.attacks.gradient import AttackBatch, run_white_box
+from benchmark.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class PerfRow:
+    attack: str
+    gradient_steps: int
+    seconds_per_step: float
+    ratio_to_floor: float
+    images_per_second: float
+
+
+def gradient_steps(name: str, dataset: DatasetSpec) -> int:
+    params = dataset.attacks[name]
+    steps = params.steps or 1
+    return steps * (params.draws or 1)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(function: Callable[[], object], device: torch.device) -> float:
+    _synchronize(device)
+    started = time.perf_counter()
+    function()
+    _synchronize(device)
+    return time.perf_counter() - started
+
+
+def floor_step(defense, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The floor: one forward and one backward pass w.r.t. the input, nothing else."""
+    x_var = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(defense(x_var), y, reduction="sum")
+    return torch.autograd.grad(loss, x_var)[0]
+
+
+def measure_attacks(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Tensor,
+                    attacks: list[str], *, repeats: int = 5, seed: int = 0) -> tuple[float, list[PerfRow]]:
+    """Median seconds of the floor, and per attack its seconds per gradient step and ratio."""
+    device = x.device
+    batch = AttackBatch(x=x, y=y, indices=torch.arange(x.shape[0]))
+    for _ in range(2):   # warm-up: allocator, kernels, thread pools
+        floor_step(defense, x, y)
+    floor_times, attack_times = [], {name: [] for name in attacks}
+    for _ in range(repeats):
+        floor_times.append(_time(lambda: floor_step(defense, x, y), device))
+        for name in attacks:
+            params = dataset.attacks[name]
+            seconds = _time(lambda n=name, p=params: run_white_box(n, defense, batch, p, dataset.eps, seed),
+                            device)
+            attack_times[name].append(seconds / gradient_steps(name, dataset))
+    floor = statistics.median(floor_times)
+    rows = []
+    for name in attacks:
+        per_step = statistics.median(attack_times[name])
+        total = per_step * gradient_steps(name, dataset)
+        rows.append(PerfRow(name, gradient_steps(name, dataset), per_step, per_step / floor,
+                            x.shape[0] / total))
+    return floor, rows

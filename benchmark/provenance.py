@@ -1,0 +1,51 @@
+"""Where a number came from: code version, libraries, hardware, precision, date and time spent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import benchmark
+
+
+def git_revision() -> str | None:
+    """The commit of the threatbench checkout (with '+dirty' for local changes), when there is one."""
+    root = Path(benchmark.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "benchmark"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if status.strip() else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    processor = platform.processor() or platform.machine()
+    return f"cpu ({processor}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+
+
+def collect(device: torch.device, *, batch_size: int, total_seconds: float,
+            processes: int = 1) -> dict[str, Any]:
+    return {
+        "threatbench": benchmark.__version__,
+        "git": git_revision(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device.type,
+        "device_name": device_name(device),
+        "dtype": "float32",
+        "batch_size": batch_size,
+        "processes": processes,
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "total_seconds": round(total_seconds, 3),
+    }

@@ -1,0 +1,180 @@
+"""The result record (schema `threatbench.result/1`), its per-example bitmask file, atomic writes,
+and the checkpoint state that lets an interrupted evaluation resume.
+
+A record is JSON with numbers as numbers. Per-example outcomes (1 = correctly classified) sit beside
+it in `<stem>.examples.json`: one base64 bit string per measurement, so worst cases can be recomputed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.errors import OutputPathError, ThreatbenchError
+
+RESULT_SCHEMA = "threatbench.result/1"
+EXAMPLES_SCHEMA = "threatbench.examples/1"
+STATE_SCHEMA = "threatbench.state/1"
+
+
+class RecordError(ThreatbenchError):
+    """A result record or its examples file is invalid; the message names the file and field."""
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"output path {path} is a directory; give a file name such as {path}/result.json")
+    if not path.parent.is_dir():
+        raise OutputPathError(
+            f"output directory {path.parent} does not exist; create it (mkdir -p {path.parent}) "
+            "or choose another --out"
+        )
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same directory and rename: readers never see a partial file."""
+    path = check_output_path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, document: Any) -> None:
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------- bitmasks
+
+
+def encode_bits(outcomes: np.ndarray) -> str:
+    bits = np.packbits(np.asarray(outcomes, dtype=bool), bitorder="little")
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def decode_bits(text: str, n: int) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype=np.uint8)
+    if raw.size != (n + 7) // 8:
+        raise ValueError(f"bit string holds {raw.size * 8} bits, expected {n}")
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+
+def examples_path(record_path: str | os.PathLike) -> Path:
+    record_path = Path(record_path)
+    return record_path.with_name(record_path.stem + ".examples.json")
+
+
+def examples_document(outcomes: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    return {
+        "schema": EXAMPLES_SCHEMA,
+        "n": n,
+        "meaning": "bit i = 1 when example i of the evaluation subset was classified correctly",
+        "bits": {name: encode_bits(values) for name, values in outcomes.items()},
+    }
+
+
+def write_result(path: str | os.PathLike, record: dict[str, Any], outcomes: dict[str, np.ndarray]) -> None:
+    """Write the examples file, then the record (which names the examples file last, atomically)."""
+    path = check_output_path(path)
+    atomic_write_json(examples_path(path), examples_document(outcomes, record["n"]))
+    atomic_write_json(path, record)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RecordError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("schema") != RESULT_SCHEMA:
+        found = record.get("schema") if isinstance(record, dict) else type(record).__name__
+        raise RecordError(f"{path}: field 'schema' is {found!r}, expected {RESULT_SCHEMA!r}")
+    return record
+
+
+def read_outcomes(record_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = examples_path(record_path)
+    document = read_json(path)
+    if not isinstance(document, dict) or document.get("schema") != EXAMPLES_SCHEMA:
+        raise RecordError(f"{path}: field 'schema' is not {EXAMPLES_SCHEMA!r}")
+    n = document.get("n")
+    outcomes = {}
+    for name, text in document.get("bits", {}).items():
+        try:
+            outcomes[name] = decode_bits(text, n)
+        except (ValueError, TypeError) as error:
+            raise RecordError(f"{path}: field 'bits.{name}': {error}") from None
+    return outcomes
+
+
+# ---------------------------------------------------------------- resumable state
+
+
+class EvaluationState:
+    """Per-measurement outcomes of an evaluation in progress, saved atomically after each chunk.
+
+    The state is tied to a configuration key (spec, weights, subset, seed, batch size, ...); a state
+    with another key belongs to another evaluation and is never mixed in.
+    """
+
+    def __init__(self, path: Path | None, key: str, n: int):
+        self.path, self.key, self.n = path, key, n
+        self.measurements: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def open(cls, path: Path | None, key: str, n: int) -> EvaluationState:
+        state = cls(path, key, n)
+        if path is not None and path.is_file():
+            document = read_json(path)
+            if document.get("schema") == STATE_SCHEMA and document.get("key") == key:
+                state.measurements = document["measurements"]
+        return state
+
+    def done(self, name: str) -> bool:
+        return self.measurements.get(name, {}).get("done", False)
+
+    def progress(self, name: str) -> tuple[np.ndarray, int, dict[str, Any]]:
+        """(outcomes so far, number of examples finished, accumulated costs) of a measurement."""
+        entry = self.measurements.get(name)
+        if entry is None:
+            return np.zeros(self.n, dtype=bool), 0, {}
+        return decode_bits(entry["bits"], self.n), entry["finished"], entry["costs"]
+
+    def update(self, name: str, outcomes: np.ndarray, finished: int, costs: dict[str, Any],
+               done: bool) -> None:
+        self.measurements[name] = {
+            "bits": encode_bits(outcomes), "finished": finished, "costs": costs, "done": done,
+        }
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, {"schema": STATE_SCHEMA, "key": self.key,
+                                          "measurements": self.measurements})
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

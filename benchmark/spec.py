@@ -1,0 +1,315 @@
+"""The threat-model spec: load `spec/v1.toml`, validate every key, freeze it into dataclasses.
+
+The spec is data. Validation is strict: an unknown key or a bad value raises `SpecError` naming the
+dotted key, so a typo can never silently change the threat model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import ThreatbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SPEC_DIR = Path(__file__).parent / "spec"
+DEFAULT_SPEC_PATH = SPEC_DIR / "v1.toml"
+SPEC_SCHEMA = "threatbench.spec/1"
+
+WHITE_BOX_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd")
+LABEL_MODES = ("true", "least_likely")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+class SpecError(ThreatbenchError, ValueError):
+    """The spec file is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    name: str
+    label: str
+    alpha: float | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    random_start: bool = False
+    draws: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = ("label", "alpha", "steps", "step_size", "random_start", "draws")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) not in (None, False)}
+
+
+@dataclass(frozen=True)
+class NAttackParams:
+    population: int
+    sigma: float
+    learning_rate: float
+    max_iterations: int
+    check_every: int
+    search_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    n: int
+    nattack_n: int
+    nattack_max_iterations: int | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize: int
+    crop: int
+    interpolation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    eps: float
+    architectures: tuple[str, ...]
+    trained_architecture: str
+    static_models: tuple[str, ...]
+    held_out_sources: tuple[str, ...]
+    attacks: dict[str, AttackParams]
+    nattack: NAttackParams
+    budgets: dict[str, Budget]
+    preprocessing: Preprocessing | None = None
+
+    def budget(self, name: str) -> Budget:
+        if name not in self.budgets:
+            raise SpecError(f"unknown budget {name!r}; choose one of: {', '.join(self.budgets)}")
+        return self.budgets[name]
+
+
+@dataclass(frozen=True)
+class Spec:
+    schema: str
+    version: str
+    norm: str
+    seed: int
+    confidence: float
+    datasets: dict[str, DatasetSpec]
+    sha256: str
+    path: Path = field(compare=False)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise SpecError(
+                f"unknown dataset {name!r}; the spec v{self.version} defines: {', '.join(self.datasets)}"
+            )
+        return self.datasets[name]
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _check_keys(table: dict[str, Any], where: str, required: set[str], optional: set[str] = frozenset()):
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - required - set(optional))
+    if unknown:
+        allowed = ", ".join(sorted(required | set(optional)))
+        raise SpecError(f"{_join(where, unknown[0])}: unknown key (allowed here: {allowed})")
+    missing = sorted(required - set(table))
+    if missing:
+        raise SpecError(f"{_join(where, missing[0])}: required key is missing")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _int(value: Any, key: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{key}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise SpecError(f"{key}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, key: str, *, low: float, high: float, low_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{key}: expected a number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise SpecError(f"{key}: must lie in {bracket}{low}, {high}], got {value}")
+    return value
+
+
+def _str(value: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{key}: expected a non-empty string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise SpecError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise SpecError(f"{key}: expected a list of strings, got {value!r}")
+    return tuple(_str(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _shape(value: Any, key: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise SpecError(f"{key}: expected [channels, height, width], got {value!r}")
+    return tuple(_int(v, f"{key}[{i}]", minimum=1) for i, v in enumerate(value))
+
+
+# ---------------------------------------------------------------- parsing
+
+_ATTACK_KEYS = {
+    "fgsm": set(),
+    "step_ll": set(),
+    "rand_fgsm": {"alpha"},
+    "ifgsm": {"steps"},
+    "pgd": {"steps", "step_size", "random_start"},
+    "epgd": {"steps", "step_size", "random_start", "draws"},
+}
+
+
+def _parse_attack(name: str, table: dict[str, Any], where: str, eps: float) -> AttackParams:
+    _check_keys(table, where, {"label"} | _ATTACK_KEYS[name])
+    params: dict[str, Any] = {"label": _str(table["label"], f"{where}.label", LABEL_MODES)}
+    if "alpha" in table:
+        alpha = _float(table["alpha"], f"{where}.alpha", low=0.0, high=1.0)
+        if alpha >= eps:
+            raise SpecError(f"{where}.alpha: must be smaller than eps ({eps}), got {alpha}")
+        params["alpha"] = alpha
+    if "steps" in table:
+        params["steps"] = _int(table["steps"], f"{where}.steps", minimum=1)
+    if "step_size" in table:
+        params["step_size"] = _float(table["step_size"], f"{where}.step_size", low=0.0, high=1.0)
+    if "random_start" in table:
+        if not isinstance(table["random_start"], bool):
+            raise SpecError(f"{where}.random_start: expected true or false, got {table['random_start']!r}")
+        params["random_start"] = table["random_start"]
+    if "draws" in table:
+        params["draws"] = _int(table["draws"], f"{where}.draws", minimum=1)
+    return AttackParams(name=name, **params)
+
+
+def _parse_nattack(table: dict[str, Any], where: str) -> NAttackParams:
+    keys = {"population", "sigma", "learning_rate", "max_iterations", "check_every", "search_shape"}
+    _check_keys(table, where, keys)
+    return NAttackParams(
+        population=_int(table["population"], f"{where}.population", minimum=2),
+        sigma=_float(table["sigma"], f"{where}.sigma", low=0.0, high=10.0),
+        learning_rate=_float(table["learning_rate"], f"{where}.learning_rate", low=0.0, high=10.0),
+        max_iterations=_int(table["max_iterations"], f"{where}.max_iterations", minimum=1),
+        check_every=_int(table["check_every"], f"{where}.check_every", minimum=1),
+        search_shape=_shape(table["search_shape"], f"{where}.search_shape"),
+    )
+
+
+def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
+    _check_keys(table, where, {"n", "nattack_n"}, {"nattack_max_iterations"})
+    n = _int(table["n"], f"{where}.n", minimum=1)
+    nattack_n = _int(table["nattack_n"], f"{where}.nattack_n", minimum=1)
+    if nattack_n > n:
+        raise SpecError(f"{where}.nattack_n: must not exceed n ({n}), got {nattack_n}")
+    iterations = table.get("nattack_max_iterations")
+    if iterations is not None:
+        iterations = _int(iterations, f"{where}.nattack_max_iterations", minimum=1)
+    return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations)
+
+
+def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
+    where = f"datasets.{name}"
+    required = {
+        "num_classes", "input_shape", "eps", "architectures", "trained_architecture",
+        "static_models", "held_out_sources", "attacks", "nattack", "budgets",
+    }
+    _check_keys(table, where, required, {"preprocessing"})
+    eps = _float(table["eps"], f"{where}.eps", low=0.0, high=1.0)
+    attacks_table = table["attacks"]
+    _check_keys(attacks_table, f"{where}.attacks", set(WHITE_BOX_ATTACKS))
+    attacks = {
+        a: _parse_attack(a, attacks_table[a], f"{where}.attacks.{a}", eps) for a in WHITE_BOX_ATTACKS
+    }
+    budgets_table = table["budgets"]
+    _check_keys(budgets_table, f"{where}.budgets", {"full", "quick"})
+    budgets = {b: _parse_budget(b, budgets_table[b], f"{where}.budgets.{b}") for b in ("full", "quick")}
+    architectures = _str_list(table["architectures"], f"{where}.architectures")
+    trained = _str(table["trained_architecture"], f"{where}.trained_architecture")
+    preprocessing = None
+    if "preprocessing" in table:
+        pre = table["preprocessing"]
+        _check_keys(pre, f"{where}.preprocessing", {"resize", "crop", "interpolation"})
+        preprocessing = Preprocessing(
+            resize=_int(pre["resize"], f"{where}.preprocessing.resize", minimum=1),
+            crop=_int(pre["crop"], f"{where}.preprocessing.crop", minimum=1),
+            interpolation=_str(pre["interpolation"], f"{where}.preprocessing.interpolation", INTERPOLATIONS),
+        )
+    return DatasetSpec(
+        name=name,
+        num_classes=_int(table["num_classes"], f"{where}.num_classes", minimum=2),
+        input_shape=_shape(table["input_shape"], f"{where}.input_shape"),
+        eps=eps,
+        architectures=architectures,
+        trained_architecture=trained,
+        static_models=_str_list(table["static_models"], f"{where}.static_models"),
+        held_out_sources=_str_list(table["held_out_sources"], f"{where}.held_out_sources"),
+        attacks=attacks,
+        nattack=_parse_nattack(table["nattack"], f"{where}.nattack"),
+        budgets=budgets,
+        preprocessing=preprocessing,
+    )
+
+
+def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
+    _check_keys(document, "", {"schema", "version", "norm", "seed", "confidence", "datasets"})
+    schema = _str(document["schema"], "schema")
+    if schema != SPEC_SCHEMA:
+        raise SpecError(f"schema: this threatbench reads {SPEC_SCHEMA!r}, the file says {schema!r}")
+    datasets_table = document["datasets"]
+    if not isinstance(datasets_table, dict) or not datasets_table:
+        raise SpecError("datasets: expected at least one [datasets.<name>] table")
+    known = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
+    for name in datasets_table:
+        if name not in known:
+            raise SpecError(f"datasets.{name}: unknown dataset (known: {', '.join(known)})")
+    return Spec(
+        schema=schema,
+        version=_str(document["version"], "version"),
+        norm=_str(document["norm"], "norm", ("linf",)),
+        seed=_int(document["seed"], "seed"),
+        confidence=_float(document["confidence"], "confidence", low=0.5, high=0.999),
+        datasets={name: _parse_dataset(name, t) for name, t in datasets_table.items()},
+        sha256=sha256,
+        path=path,
+    )
+
+
+def load_spec(path: str | Path | None = None) -> Spec:
+    """Load and validate a spec file (default: the packaged v1)."""
+    path = Path(path) if path is not None else DEFAULT_SPEC_PATH
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return parse_spec(document, sha256=hashlib.sha256(raw).hexdigest(), path=path)
+    except SpecError as error:
+        raise SpecError(f"{path.name}: {error}") from None

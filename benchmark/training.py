@@ -1,0 +1,155 @@
+"""Standard (non-adversarial) training for the judge's own models: the quick-start model A and,
+later, the held-out transfer sources. Baseline defenses live in `baselines/` and may reuse this.
+
+Seeded and resumable: the data order and dropout of epoch e depend only on (seed, e), and a
+checkpoint (weights + Adam state, safetensors only) is written after every epoch, so an interrupted
+run continues to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from benchmark.architectures import build
+from benchmark.data import load_training_tensors
+from benchmark.defense import file_sha256
+from benchmark.randomness import derive_seed
+from benchmark.results import atomic_write_json
+
+
+@dataclass(frozen=True)
+class StandardRecipe:
+    """Tramer et al.'s MNIST training: Adam 1e-3, batch 64, 6 epochs, no augmentation."""
+
+    dataset: str = "fashion-mnist"
+    architecture: str = "mnist_a"
+    epochs: int = 6
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    max_steps: int | None = None        # stop early (tests); None trains every epoch fully
+    train_limit: int | None = None      # use only the first examples of the train split (tests)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def name(self) -> str:
+        return f"{self.architecture}-standard-seed{self.seed}-{self.sha256()[:12]}"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    weights: Path
+    sha256: str
+    recipe: StandardRecipe
+
+
+def cache_dir() -> Path:
+    if os.environ.get("THREATBENCH_CACHE"):
+        return Path(os.environ["THREATBENCH_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "threatbench"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).clone()
+    return tensors
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
+    tensors.update(_optimizer_tensors(optimizer))
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary), metadata={"epoch": str(epoch)})
+    os.replace(temporary, path)
+
+
+def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer) -> int:
+    tensors = load_file(str(path))
+    network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    _restore_optimizer(optimizer, tensors)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return int(handle.metadata()["epoch"])
+
+
+def train_epoch(network, optimizer, x, y, recipe: StandardRecipe, epoch: int, steps_done: int,
+                progress: bool) -> int:
+    network.train()
+    torch.manual_seed(derive_seed(recipe.seed, "dropout", epoch))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
+        derive_seed(recipe.seed, "order", epoch)))
+    batches = range(0, len(x), recipe.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch", disable=not progress,
+               leave=False)
+    for start in bar:
+        if recipe.max_steps is not None and steps_done >= recipe.max_steps:
+            break
+        index = order[start:start + recipe.batch_size]
+        loss = F.cross_entropy(network(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps_done += 1
+        if steps_done % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return steps_done
+
+
+def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, progress: bool = True,
+                   ) -> TrainedModel:
+    """Train per `recipe` into `out_dir` (weights.safetensors + model.json); resume if interrupted."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights, card = out_dir / "weights.safetensors", out_dir / "model.json"
+    if weights.is_file() and card.is_file():
+        return TrainedModel(weights, json.loads(card.read_text())["sha256"], recipe)
+
+    x, y = load_training_tensors(recipe.dataset, data_dir, limit=recipe.train_limit)
+    torch.manual_seed(recipe.seed)
+    network = build(recipe.architecture, int(y.max()) + 1, in_channels=x.shape[1]).network
+    optimizer = torch.optim.Adam(network.parameters(), lr=recipe.learning_rate)
+    checkpoint = out_dir / "checkpoint.safetensors"
+    first_epoch = _load_checkpoint(checkpoint, network, optimizer) if checkpoint.is_file() else 0
+    steps_per_epoch = -(-len(x) // recipe.batch_size)
+    steps_done = first_epoch * steps_per_epoch
+    for epoch in range(first_epoch, recipe.epochs):
+        steps_done = train_epoch(network, optimizer, x, y, recipe, epoch, steps_done, progress)
+        _save_checkpoint(checkpoint, network, optimizer, epoch + 1)
+        if recipe.max_steps is not None and steps_done >= recipe.max_steps:
+            break
+
+    state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, str(weights), metadata={"recipe_sha256": recipe.sha256()})
+    sha256 = file_sha256(weights)
+    atomic_write_json(card, _model_card(recipe, sha256, steps_done))
+    checkpoint.unlink(missing_ok=True)
+    return TrainedModel(weights, sha256, recipe)
+
+
+def _model_card(recipe: StandardRecipe, sha256: str, steps: int) -> dict[str, Any]:
+    return {"architecture": recipe.architecture, "dataset": recipe.dataset, "sha256": sha256,
+            "recipe": asdict(recipe), "recipe_sha256": recipe.sha256(), "steps": steps}
