@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import AttackBoundsError
+from benchmark.errors import AttackBoundsError, ThreatbenchError
 from benchmark.randomness import per_example_sign, per_example_uniform
 from benchmark.spec import AttackParams
 
@@ -79,11 +79,19 @@ def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, attack:
         raise AttackBoundsError(f"{attack}: pixels outside [0, 1] (min {low}, max {high})")
 
 
+def check_eps(eps: float, name: str = "eps") -> float:
+    """eps must be a number in [0, 1] (0 is allowed: the attack is then the identity)."""
+    if not isinstance(eps, int | float) or not 0.0 <= float(eps) <= 1.0:
+        raise ThreatbenchError(f"{name} must lie in [0, 1] (pixels are in [0, 1]), got {eps!r}")
+    return float(eps)
+
+
 # ---------------------------------------------------------------- single-step attacks
 
 
 def fgsm(defense, x, y, *, eps: float, draws: int = 1, counter: PassCounter | None = None):
     """x + eps * sign(grad J(x, y)), clipped to [0, 1]."""
+    eps = check_eps(eps)
     gradient = input_gradient(defense, x, y, draws=draws, counter=counter)
     return torch.clamp(x + eps * gradient.sign(), 0.0, 1.0).detach()
 
@@ -91,6 +99,7 @@ def fgsm(defense, x, y, *, eps: float, draws: int = 1, counter: PassCounter | No
 def step_ll(defense, x, *, eps: float, target: torch.Tensor | None = None, draws: int = 1,
             counter: PassCounter | None = None):
     """One step of eps towards the least-likely class: x - eps * sign(grad J(x, y_ll))."""
+    eps = check_eps(eps)
     if target is None:
         target = least_likely_labels(defense, x, counter)
     gradient = input_gradient(defense, x, target, draws=draws, counter=counter)
@@ -105,6 +114,9 @@ def rand_fgsm(defense, x, y, *, eps: float, alpha: float, sign_noise: torch.Tens
     `y` is the true label, or the least-likely target when `least_likely` (then the step descends).
     The noisy point is clipped to [0, 1] before the gradient, as in the authors' MNIST code.
     """
+    eps, alpha = check_eps(eps), check_eps(alpha, "alpha")
+    if alpha > eps:
+        raise ThreatbenchError(f"rand_fgsm needs alpha <= eps, got alpha {alpha} and eps {eps}")
     if sign_noise is None:
         sign_noise = torch.randn(x.shape, generator=generator).sign().to(x.device)
     x_noisy = torch.clamp(x + alpha * sign_noise, 0.0, 1.0)
@@ -126,6 +138,7 @@ def _iterate(defense, x, y, x_start, *, eps, steps, step_size, draws, counter):
 
 def ifgsm(defense, x, y, *, eps: float, steps: int, draws: int = 1, counter: PassCounter | None = None):
     """Basic iterative method: `steps` FGSM steps of eps/steps from x, true label."""
+    eps = check_eps(eps)
     return _iterate(defense, x, y, x, eps=eps, steps=steps, step_size=eps / steps, draws=draws,
                     counter=counter)
 
@@ -138,6 +151,7 @@ def pgd(defense, x, y, *, eps: float, steps: int, step_size: float, random_start
     With `draws` > 1 this is EPGD (Nemcovsky et al. §4.2): each step's gradient is the mean over
     `draws` stochastic forward passes.
     """
+    eps = check_eps(eps)
     x_start = x
     if random_start:
         if start_noise is None:
@@ -210,8 +224,6 @@ def run_white_box(name: str, defense, batch: AttackBatch, params: AttackParams, 
                   counter: PassCounter | None = None) -> torch.Tensor:
     """Run registry attack `name` on a batch with the spec's parameters; verify the bounds."""
     if name not in WHITE_BOX:
-        from benchmark.errors import ThreatbenchError
-
         raise ThreatbenchError(f"unknown attack {name!r}; white-box attacks: {', '.join(WHITE_BOX)}")
     x_adv = WHITE_BOX[name](defense, batch, params, eps, seed, counter)
     check_perturbation(batch.x, x_adv, eps, name)

@@ -1,0 +1,105 @@
+"""The command line: user mistakes are one line and exit code 2; the happy paths write records."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from benchmark.architectures import build
+from benchmark.cli import main
+from benchmark.defense import file_sha256
+from benchmark.results import read_record
+from tests.conftest import requires_fashion
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "mnist_d.safetensors"
+    save_file(build("mnist_d", 10).network.state_dict(), str(path))
+    return path
+
+
+def _one_line_error(capsys, code, *needles):
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("threatbench") and ": error: " in lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@requires_fashion
+def test_evaluate_writes_a_valid_record(weights, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", str(weights),
+                 "--sha256", file_sha256(weights), "--out", str(out), "--no-progress", "--name", "D"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    record = read_record(out)
+    assert record["entry"]["name"] == "D" and record["entry"]["architecture"] == "mnist_d"
+    assert record["entry"]["weights"]["sha256"] == file_sha256(weights)
+    assert "pgd" in printed and "worst case (white_box)" in printed and "quick budget" in printed
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["evaluate", "--dataset", "svhn", "--arch", "mnist_a", "--weights", "{w}"], ["svhn", "fashion-mnist"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "lenet", "--weights", "{w}"], ["lenet", "mnist_a"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{tmp}/nope.safetensors"],
+     ["not found"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{w}", "--sha256", "0" * 64],
+     ["sha256"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_a", "--weights", "{w}"], ["do not fit"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{w}",
+      "--out", "{tmp}/missing/r.json"], ["does not exist"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{pickle}"],
+     ["not a safetensors file"]),
+    (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{w}", "--budget", "huge"],
+     ["huge"]),
+    (["spec", "--dataset", "imagenet2"], ["imagenet2"]),
+])
+def test_user_mistakes_are_one_line_with_exit_code_2(argv, needles, weights, tmp_path, capsys):
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+    argv = [a.format(w=weights, tmp=tmp_path, pickle=pickled) for a in argv]
+    _one_line_error(capsys, _exit_code(argv), *needles)
+
+
+def _exit_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as exit_:   # argparse's own errors
+        return exit_.code
+
+
+@requires_fashion
+def test_an_incomplete_data_directory_is_one_clear_error(weights, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    code = main(["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", str(weights),
+                 "--data-dir", str(data), "--out", str(tmp_path / "r.json")])
+    _one_line_error(capsys, code, "fashion-mnist")
+
+
+def test_console_script_and_module_entry_point():
+    completed = subprocess.run([sys.executable, "-m", "benchmark", "spec", "--dataset", "mnist"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "eps 0.3" in completed.stdout
+
+
+@requires_fashion
+def test_perf_prints_ratios_to_the_floor(capsys):
+    assert main(["perf", "--batch-size", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "floor" in out and "x floor" in out
+    for attack in ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]:
+        assert attack in out

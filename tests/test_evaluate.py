@@ -1,0 +1,205 @@
+"""Evaluation, result records, resume after interruption, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import benchmark.evaluate as evaluate_module
+import benchmark.results as results_module
+from benchmark.defense import Defense
+from benchmark.errors import DefenseOutputError, OutputPathError
+from benchmark.evaluate import EntryInfo, evaluate
+from benchmark.results import RESULT_SCHEMA, decode_bits, read_outcomes, read_record
+from benchmark.stats import wilson_interval
+from tests.conftest import NoisyModel, requires_fashion
+
+pytestmark = requires_fashion
+WHITE_BOX = ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]
+
+
+def _evaluate(defense, tmp_path, name="r.json", **kwargs):
+    kwargs.setdefault("batch_size", 100)
+    return evaluate(defense, "fashion-mnist", budget="quick", out=tmp_path / name, progress=False,
+                    entry=EntryInfo(name="mlp", architecture="test-mlp"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def quick_result(trained_mlp, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("quick")
+    result = _evaluate(Defense(trained_mlp, 10, name="mlp"), out_dir)
+    return result, out_dir / "r.json"
+
+
+def test_record_has_the_schema_and_numbers_as_numbers(quick_result):
+    result, path = quick_result
+    record = read_record(path)
+    assert record == json.loads(json.dumps(result.record))
+    assert record["schema"] == RESULT_SCHEMA
+    assert record["n"] == 500 and record["budget"] == "quick" and record["seed"] == 0
+    assert len(record["spec"]["sha256"]) == 64 and len(record["subset_sha256"]) == 64
+    assert list(record["attacks"]) == WHITE_BOX
+    for measurement in [record["clean"], *record["attacks"].values()]:
+        assert isinstance(measurement["accuracy"], float)
+        assert isinstance(measurement["correct"], int)
+        low, high = measurement["interval"]
+        assert low <= measurement["accuracy"] <= high
+        assert (low, high) == pytest.approx(wilson_interval(measurement["correct"], 500))
+        assert measurement["forward_passes"] > 0 and measurement["seconds"] >= 0
+    assert record["attacks"]["pgd"]["backward_passes"] == 500 * 40
+    assert record["attacks"]["pgd"]["params"] == {"label": "true", "steps": 40, "step_size": 0.00625,
+                                                  "random_start": True}
+    provenance = record["provenance"]
+    assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
+    assert provenance["dtype"] == "float32" and provenance["total_seconds"] > 0
+
+
+def test_families_not_run_are_recorded_as_such_never_as_numbers(quick_result):
+    record = quick_result[0].record
+    assert record["families"]["transfer"]["status"] == "not_run"
+    assert record["families"]["adaptive"]["status"] == "not_run"
+    assert record["worst_case"]["transfer"] is None and record["worst_case"]["adaptive"] is None
+    assert record["worst_case"]["all"] is None
+    assert record["flags"]["transfer_beats_white_box"]["raised"] is None
+
+
+def test_worst_case_is_per_example_and_below_every_attack(quick_result):
+    result, path = quick_result
+    outcomes = read_outcomes(path)
+    assert set(outcomes) == {"clean", *WHITE_BOX}
+    for name in WHITE_BOX:
+        assert outcomes[name].sum() == result.record["attacks"][name]["correct"]
+    expected = np.logical_and.reduce([outcomes[name] for name in ["clean", *WHITE_BOX]])
+    worst = result.record["worst_case"]["white_box"]
+    assert worst["correct"] == int(expected.sum())
+    assert worst["accuracy"] <= min(a["accuracy"] for a in result.record["attacks"].values())
+    assert result.accuracy("pgd") < result.clean_accuracy
+
+
+def test_same_seed_gives_identical_outcomes(trained_mlp, quick_result, tmp_path):
+    again = _evaluate(Defense(trained_mlp, 10, name="mlp"), tmp_path)
+    for name, outcomes in quick_result[0].outcomes.items():
+        assert np.array_equal(outcomes, again.outcomes[name]), name
+
+
+class _InterruptingAttacks:
+    """Counts attack calls per name; raises KeyboardInterrupt at one call, like a Ctrl-C."""
+
+    def __init__(self, interrupt_at: tuple[str, int] | None = None):
+        self.calls: dict[str, int] = {}
+        self.interrupt_at = interrupt_at
+        self.original = evaluate_module.run_white_box
+
+    def __call__(self, name, *args, **kwargs):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.interrupt_at == (name, self.calls[name]):
+            raise KeyboardInterrupt
+        return self.original(name, *args, **kwargs)
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(trained_mlp, quick_result, tmp_path, monkeypatch):
+    defense = Defense(trained_mlp, 10, name="mlp")
+    interrupting = _InterruptingAttacks(interrupt_at=("pgd", 3))
+    monkeypatch.setattr(evaluate_module, "run_white_box", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
+    assert not (tmp_path / "r.json").exists()
+    assert (tmp_path / ".r.state.json").exists()
+
+    counting = _InterruptingAttacks()
+    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    resumed = _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
+    assert counting.calls == {"pgd": 3}, "finished attacks and pgd's two finished batches are reused"
+    for name, outcomes in quick_result[0].outcomes.items():
+        assert np.array_equal(outcomes, resumed.outcomes[name]), name
+    assert not (tmp_path / ".r.state.json").exists()
+
+
+def test_a_state_from_another_configuration_is_not_reused(trained_mlp, tmp_path, monkeypatch):
+    defense = Defense(trained_mlp, 10, name="mlp")
+    monkeypatch.setattr(evaluate_module, "run_white_box", _InterruptingAttacks(("ifgsm", 1)))
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
+    counting = _InterruptingAttacks()
+    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    _evaluate(defense, tmp_path, seed=1, checkpoint_seconds=0.0)   # another seed: start afresh
+    assert counting.calls["fgsm"] == 5
+
+
+def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    results_module.atomic_write_json(path, {"old": 1})
+
+    def failing_replace(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results_module.os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        results_module.atomic_write_json(path, {"new": 2})
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"], "no temporary file is left behind"
+
+
+def test_output_in_a_missing_directory_fails_before_any_work(trained_mlp, tmp_path, monkeypatch):
+    counting = _InterruptingAttacks()
+    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    with pytest.raises(OutputPathError, match="does not exist"):
+        evaluate(Defense(trained_mlp, 10), "fashion-mnist", out=tmp_path / "missing" / "r.json",
+                 progress=False)
+    assert counting.calls == {}
+
+
+def test_undeclared_randomness_is_detected_and_attacked_with_eot(trained_mlp, tmp_path):
+    noisy = Defense(NoisyModel(trained_mlp, 0.05), 10, randomized=False, name="noisy")
+    result = _evaluate(noisy, tmp_path)
+    record = result.record
+    assert record["randomness"] == {"declared": False, "detected": True, "attacked_as_randomized": True}
+    assert "epgd" in record["attacks"]
+    assert record["attacks"]["epgd"]["backward_passes"] == 500 * 40 * 8
+    assert record["flags"]["randomness_undeclared"]["raised"] is True
+
+
+def test_label_leaking_is_flagged():
+    record = {"attacks": {"fgsm": {"accuracy": 0.95, "interval": [0.93, 0.97]},
+                          "pgd": {"accuracy": 0.1, "interval": [0.08, 0.12]}},
+              "clean": {"accuracy": 0.8, "interval": [0.77, 0.83]},
+              "families": {"transfer": {"status": "not_run"}, "adaptive": {"status": "not_run"}},
+              "randomness": {"declared": False, "detected": False}}
+    from benchmark.diagnostics import gradient_masking_flags
+
+    flags = gradient_masking_flags(record)
+    assert flags["adversarial_above_clean"]["raised"] is True
+    assert flags["single_step_beats_pgd"]["raised"] is False
+
+
+class _ConstantModel(nn.Module):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, x):
+        return self.output(x)
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda x: torch.zeros(x.shape[0], 7), r"expected \(\d+, 10\)"),
+    (lambda x: torch.full((x.shape[0], 10), float("nan")), "NaN or inf"),
+    (lambda x: torch.full((x.shape[0], 10), float("inf")), "NaN or inf"),
+])
+def test_a_bad_model_output_is_a_clear_error(output, message, tmp_path):
+    with pytest.raises(DefenseOutputError, match=message):
+        _evaluate(Defense(_ConstantModel(output), 10), tmp_path)
+
+
+def test_a_defense_for_another_number_of_classes_is_refused(trained_mlp, tmp_path):
+    with pytest.raises(DefenseOutputError, match="100 classes"):
+        _evaluate(Defense(nn.Sequential(nn.Flatten(), nn.Linear(784, 100)), 100), tmp_path)
+
+
+def test_bitmask_round_trip():
+    values = np.random.default_rng(0).random(37) > 0.5
+    assert np.array_equal(decode_bits(results_module.encode_bits(values), 37), values)
