@@ -37,6 +37,7 @@ class Defense(nn.Module):
         self.name = name
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+            parameter.grad = None
         super().train(False)
 
     def train(self, mode: bool = True) -> Defense:
@@ -45,6 +46,12 @@ class Defense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
+        if not isinstance(logits, torch.Tensor):   # e.g. (logits, features): fail clearly, not AttributeError
+            raise DefenseOutputError(
+                f"{self.name}: the model returned a {type(logits).__name__}, not a tensor; a defense "
+                f"must return one ({x.shape[0]}, {self.num_classes}) tensor of logits (wrap the "
+                "model so that forward returns only the logits)"
+            )
         if logits.ndim != 2 or logits.shape != (x.shape[0], self.num_classes):
             raise DefenseOutputError(
                 f"{self.name}: the model returned shape {tuple(logits.shape)} for a batch of "
