@@ -34,27 +34,47 @@ def _pick_device(requested: str | None) -> torch.device:
 # ---------------------------------------------------------------- printing
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _result_rows(result) -> list[list[str]]:
+    rows = []
+    for row in result.rows():
+        low, high = row["interval"]
+        queries = row["median_queries"]
+        rows.append([row["measurement"], row["family"], row["n"], _percent(row["accuracy"]),
+                     f"[{100 * low:.1f}, {100 * high:.1f}]",
+                     "" if queries is None else f"{queries:g}",
+                     "" if row["seconds"] is None else f"{row['seconds']:.1f}"])
+    return rows
+
+
 def format_result(result) -> str:
     record = result.record
-    rows = [
-        [row["measurement"], row["family"], f"{100 * row['accuracy']:.2f}",
-         f"[{100 * row['interval'][0]:.1f}, {100 * row['interval'][1]:.1f}]",
-         "" if row["seconds"] is None else f"{row['seconds']:.1f}"]
-        for row in result.rows()
-    ]
-    table = tabulate(rows, headers=["measurement", "family", "accuracy %", "95% CI", "seconds"],
-                     tablefmt="github")
+    table = tabulate(_result_rows(result), tablefmt="github",
+                     headers=["measurement", "family", "n", "accuracy %", "95% CI", "median queries",
+                              "seconds"])
+    randomness = record["randomness"]
     lines = [
         f"{record['entry']['name']} on {record['dataset']}: eps {record['threat_model']['eps']:g} "
-        f"(L-inf), budget {record['budget']} (n = {record['n']}), seed {record['seed']}, "
-        f"spec v{record['spec']['version']}",
-        "",
-        table,
-        "",
+        f"(L-inf), budget {record['budget']} (n = {record['n']}, NAttack on {record['nattack_n']}), "
+        f"seed {record['seed']}, spec v{record['spec']['version']}",
     ]
+    if randomness["attacked_as_randomized"]:
+        lines.append(f"randomized defense (declared: {randomness['declared']}, detected: "
+                     f"{randomness['detected']}): EOT gradients, accuracy = mean of "
+                     f"{randomness['prediction_repeats']} predictions")
+    lines += ["", table, ""]
+    for name, diagnostic in record.get("diagnostics", {}).items():
+        lines.append(f"diagnostic {name} (eps {diagnostic['params'].get('eps', '?')}, n = "
+                     f"{diagnostic['n']}): accuracy {_percent(diagnostic['accuracy'])}%")
     for family, status in record["families"].items():
         if status["status"] != "run":
-            lines.append(f"{family} family: {status['reason']}")
+            lines.append(f"{family} family not run: {status['reason']}")
+    if record["worst_case"]["all"] is None:
+        lines.append("worst case over all families: not available (a family was not run); "
+                     "this record cannot be ranked")
     raised = [name for name, flag in record["flags"].items() if flag["raised"]]
     lines.append("gradient-masking flags: " + (", ".join(raised) if raised else "none raised"))
     for name in raised:
@@ -65,11 +85,22 @@ def format_result(result) -> str:
     return "\n".join(lines)
 
 
+def _describe_source(source) -> str:
+    if source.sha256:
+        return f"{source.name} = {source.architecture} ({source.weights}, sha256 {source.sha256[:12]}...)"
+    if source.hub:
+        return f"{source.name} = {source.architecture} (Hub {source.hub.repo}@{source.hub.revision[:12]}, sha256 not pinned)"
+    return f"{source.name} = {source.architecture} (weights not pinned yet)"
+
+
 def format_spec(spec: Spec, dataset: str | None = None) -> str:
     names = [dataset] if dataset else list(spec.datasets)
     blocks = [f"threat-model spec v{spec.version} ({spec.schema}), sha256 {spec.sha256}",
               f"norm {spec.norm}, pixels in [0, 1], default seed {spec.seed}, "
-              f"{100 * spec.confidence:g}% Wilson intervals"]
+              f"{100 * spec.confidence:g}% Wilson intervals",
+              f"randomized defenses: EOT on every gradient, accuracy = mean of "
+              f"{spec.randomized.prediction_repeats} predictions; masking check: PGD at eps "
+              f"{spec.diagnostics.unbounded_pgd_eps:g} on {spec.diagnostics.unbounded_pgd_examples} examples"]
     for name in names:
         d = spec.dataset(name)
         blocks.append(f"\n## {name}: eps {d.eps:g}, {d.num_classes} classes, input {list(d.input_shape)}")
@@ -77,7 +108,7 @@ def format_spec(spec: Spec, dataset: str | None = None) -> str:
             ["architectures", ", ".join(d.architectures)],
             ["trained architecture", d.trained_architecture],
             ["static models (ens-adv)", ", ".join(d.static_models) or "-"],
-            ["held-out sources", ", ".join(d.held_out_sources) or "-"],
+            ["held-out sources", "; ".join(_describe_source(h) for h in d.held_out_sources) or "-"],
             *([["preprocessing", str(d.preprocessing.as_dict())]] if d.preprocessing else []),
         ], tablefmt="github", headers=["models", ""]))
         blocks.append(tabulate(
@@ -126,9 +157,10 @@ def command_evaluate(args) -> int:
     entry = EntryInfo(name=args.name or args.arch, architecture=args.arch,
                       weights={"file": Path(args.weights).name, "sha256": file_sha256(args.weights)})
     out = args.out or _default_out(args.dataset, entry.name, args.budget)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, families=families)
     print(format_result(result))
     print(f"\nrecord written to {out}")
     return 0
@@ -166,10 +198,85 @@ def command_run(args) -> int:
     return 0
 
 
+def command_train_source(args) -> int:
+    from benchmark.sources import source_recipe
+    from benchmark.training import cache_dir, train_standard
+
+    recipe = source_recipe(args.dataset, args.name)
+    out_dir = Path(args.out) if args.out else cache_dir() / "sources" / args.dataset / recipe.name()
+    model = train_standard(recipe, out_dir, data_dir=args.data_dir, progress=not args.no_progress)
+    print(f"held-out source {args.dataset}/{args.name} ({recipe.architecture}, seed {recipe.seed})")
+    print(f"weights: {model.weights}")
+    print(f"sha256:  {model.sha256}")
+    print("to pin it: copy the weights to benchmark/resources/sources/ and put the sha256 in the spec")
+    return 0
+
+
+def _parse_model_argument(text: str) -> tuple[str, str, str]:
+    name, _, rest = text.partition("=")
+    arch, _, weights = rest.partition("@")
+    if not name or not arch or not weights:
+        raise ThreatbenchError(f"--model {text!r}: expected NAME=ARCH@WEIGHTS.safetensors, "
+                               "e.g. A=mnist_a@A.safetensors")
+    return name, arch, weights
+
+
+def command_transfer_matrix(args) -> int:
+    from benchmark.attacks.transfer import (
+        TRANSFER_ATTACKS,
+        TransferCache,
+        TransferSource,
+        transfer_matrix,
+    )
+    from benchmark.data import load_evaluation_set
+    from benchmark.defense import file_sha256, load
+    from benchmark.evaluate import default_batch_size
+    from benchmark.sources import TransferCacheDir, load_held_out_sources
+
+    spec = load_spec()
+    dataset = spec.dataset(args.dataset)
+    device = _pick_device(args.device)
+    models = []
+    for text in args.model:
+        name, arch, weights = _parse_model_argument(text)
+        defense = load(arch, weights, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0],
+                       device=device, name=name)
+        models.append(TransferSource(name, defense, file_sha256(weights)))
+    held_out, reason = load_held_out_sources(dataset, device)
+    if not held_out:
+        print(f"note: no held-out source in the matrix: {reason}")
+    models += [TransferSource(f"{s.name} (held-out)", s.defense, s.sha256) for s in held_out]
+    if not models:
+        raise ThreatbenchError("no models: give at least one --model NAME=ARCH@WEIGHTS.safetensors")
+    budget = dataset.budget(args.budget)
+    eval_set = load_evaluation_set(args.dataset, budget.n, args.data_dir)
+    seed = spec.seed if args.seed is None else args.seed
+    cache = TransferCache(TransferCacheDir())
+    batch_size = default_batch_size(dataset, device)
+    attacks = [args.attack] if args.attack else list(TRANSFER_ATTACKS)
+    for attack in attacks:
+        if attack not in TRANSFER_ATTACKS:
+            raise ThreatbenchError(f"unknown transfer attack {attack!r}; choose from {', '.join(TRANSFER_ATTACKS)}")
+        errors = transfer_matrix(models, attack, eval_set, dataset, seed=seed, spec_sha256=spec.sha256,
+                                 cache=cache, batch_size=batch_size, device=device)
+        print(f"\n{attack} error rates (%) on {args.dataset}, eps {dataset.eps:g}, n = {budget.n} "
+              f"({args.budget} budget): rows = source (crafted on), columns = target; diagonal = white-box")
+        names = [m.name for m in models]
+        print(tabulate([[names[r], *(f"{100 * e:.1f}" for e in row)] for r, row in enumerate(errors)],
+                       headers=["source \\ target", *names], tablefmt="github"))
+    print(f"\ntransfer cache: {cache.hits} chunk hits, {cache.misses} chunks crafted "
+          f"({cache.crafted_seconds:.1f} s crafting)")
+    return 0
+
+
 def command_perf(args) -> int:
+    import tempfile
+
+    from benchmark.attacks.transfer import TransferSource
     from benchmark.data import load_evaluation_set
     from benchmark.defense import load
-    from benchmark.perf import measure_attacks
+    from benchmark.perf import measure_attacks, measure_nattack, measure_transfer_cache
+    from benchmark.sources import load_held_out_sources
     from benchmark.training import StandardRecipe, cache_dir
 
     spec = load_spec()
@@ -191,6 +298,26 @@ def command_perf(args) -> int:
                      f"{r.ratio_to_floor:.3f}", f"{r.images_per_second:.0f}"] for r in rows],
                    headers=["attack", "gradient steps", "ms / step", "x floor", "images / s"],
                    tablefmt="github"))
+
+    k = max(1, args.nattack_images)
+    nattack = measure_nattack(defense, dataset, x[:k], y[:k], iterations=args.nattack_iterations,
+                              repeats=max(1, args.repeats // 2))
+    print(f"\nnattack: {k} images x population {dataset.nattack.population}, "
+          f"{args.nattack_iterations} iterations: {nattack.queries_per_second:.0f} queries/s; floor "
+          f"(one batched forward of {k * dataset.nattack.population} images): "
+          f"{nattack.floor_images_per_second:.0f} images/s; ratio {nattack.ratio_to_floor:.3f}")
+
+    sources, reason = load_held_out_sources(dataset, device)
+    if not sources:
+        print(f"\ntransfer: skipped ({reason})")
+        return 0
+    source: TransferSource = sources[0]
+    with tempfile.TemporaryDirectory() as cache_root:
+        transfer = measure_transfer_cache(source, dataset, eval_set, Path(cache_root), device=device,
+                                          batch_size=args.batch_size)
+    print(f"\ntransfer (pgd crafted on held-out {source.name}, {args.batch_size} images): first target "
+          f"{transfer.crafting_seconds:.2f} s (crafting, {transfer.misses} chunk miss); every later "
+          f"target {transfer.cached_seconds:.3f} s ({transfer.hits} chunk hit)")
     return 0
 
 
@@ -224,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--name", help="entry name in the record (default: the architecture)")
     evaluate.add_argument("--randomized", action="store_true", help="declare the defense randomized")
     evaluate.add_argument("--spec", help="spec file (default: the packaged v1)")
+    evaluate.add_argument("--families", default="white_box,transfer,adaptive",
+                          help="comma-separated subset of white_box,transfer,adaptive (a record that "
+                               "lacks a family has no overall worst case and is never ranked)")
     _add_common(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
@@ -232,10 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--spec", help="spec file (default: the packaged v1)")
     spec.set_defaults(handler=command_spec)
 
+    train_source = commands.add_parser("train-source", help="train one of the judge's held-out sources")
+    train_source.add_argument("--dataset", required=True)
+    train_source.add_argument("--name", required=True, help="the source's name in the spec, e.g. B")
+    _add_common(train_source)
+    train_source.set_defaults(handler=command_train_source)
+
+    matrix = commands.add_parser("transfer-matrix", help="error rates of attacks crafted on each model "
+                                 "(rows) against each model (columns)")
+    matrix.add_argument("--dataset", required=True)
+    matrix.add_argument("--model", action="append", default=[], help="NAME=ARCH@WEIGHTS.safetensors")
+    matrix.add_argument("--attack", help="one of fgsm, rand_fgsm, ifgsm, pgd (default: all)")
+    matrix.add_argument("--budget", choices=["quick", "full"], default="quick")
+    _add_common(matrix)
+    matrix.set_defaults(handler=command_transfer_matrix)
+
     perf = commands.add_parser("perf", help="time each attack per step against the forward+backward floor")
     perf.add_argument("--device", choices=["cpu", "cuda"])
     perf.add_argument("--batch-size", type=int, default=100)
     perf.add_argument("--repeats", type=int, default=5)
+    perf.add_argument("--nattack-images", type=int, default=10)
+    perf.add_argument("--nattack-iterations", type=int, default=10)
     perf.add_argument("--data-dir")
     perf.set_defaults(handler=command_perf)
     return parser

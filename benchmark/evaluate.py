@@ -1,16 +1,22 @@
 """Run the spec on one defense and produce a Result (and, with `out`, a result record on disk).
 
-Measurements are computed batch by batch and checkpointed, so an interrupted evaluation resumes
-where it stopped: finished measurements are never recomputed, and the numbers are identical because
-every random draw depends only on (seed, measurement, example index or batch start).
+An evaluation is a list of measurements: clean accuracy, each white-box attack, each transfer
+attack from each held-out source, NAttack, and the eps = 1 PGD diagnostic. Each is computed batch by
+batch and checkpointed, so an interrupted evaluation resumes where it stopped: finished measurements
+are never recomputed, and the numbers are identical because every random draw depends only on
+(seed, measurement, example index or batch start).
+
+Randomized defenses (declared or detected) are attacked with EOT on every gradient, and every
+accuracy is the mean over repeated `predict` calls, whose spread is recorded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,24 +26,34 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import provenance
-from benchmark.attacks.gradient import AttackBatch, PassCounter, run_white_box
+from benchmark.attacks.gradient import AttackBatch, PassCounter, check_perturbation, run_white_box
+from benchmark.attacks.nattack import nattack
+from benchmark.attacks.transfer import (
+    TRANSFER_ATTACKS,
+    CraftedExamples,
+    TransferCache,
+    TransferSource,
+    sources_with_ensemble,
+)
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
 from benchmark.diagnostics import gradient_masking_flags
-from benchmark.errors import DefenseOutputError
+from benchmark.errors import DefenseOutputError, ThreatbenchError
 from benchmark.randomness import seed_model_noise
 from benchmark.results import (
     RESULT_SCHEMA,
     EvaluationState,
+    Outcomes,
     check_output_path,
     examples_path,
     write_result,
 )
-from benchmark.spec import DatasetSpec, Spec, load_spec
+from benchmark.spec import Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
-DETERMINISTIC_WHITE_BOX = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd")
-NOT_RUN_YET = "not run: this version of threatbench implements the white-box family only"
+WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd")
+WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd")   # pgd with EOT is epgd
+FAMILIES = ("white_box", "transfer", "adaptive")
 
 
 @dataclass
@@ -54,7 +70,7 @@ class EntryInfo:
 @dataclass
 class Result:
     record: dict[str, Any]
-    outcomes: dict[str, np.ndarray] = field(repr=False)
+    outcomes: dict[str, Outcomes] = field(repr=False)
 
     @property
     def clean_accuracy(self) -> float:
@@ -75,11 +91,15 @@ class Result:
 
 
 def _row(name: str, family: str, measurement: dict[str, Any]) -> dict[str, Any]:
-    low, high = measurement["interval"]
     return {
         "measurement": name, "family": family, "accuracy": measurement["accuracy"],
-        "interval": (low, high), "seconds": measurement.get("seconds"),
+        "interval": tuple(measurement["interval"]), "n": measurement["n"],
+        "seconds": measurement.get("seconds"),
+        "median_queries": measurement.get("queries", {}).get("median"),
     }
+
+
+# ---------------------------------------------------------------- batches
 
 
 def default_batch_size(dataset: DatasetSpec, device: torch.device) -> int:
@@ -88,57 +108,117 @@ def default_batch_size(dataset: DatasetSpec, device: torch.device) -> int:
     return int(max(1, min(1000, budget // pixels)))
 
 
-def iterate_batches(eval_set, start: int, batch_size: int, device: torch.device) -> Iterator[AttackBatch]:
-    for batch_start in range(start, len(eval_set), batch_size):
-        stop = min(batch_start + batch_size, len(eval_set))
-        items = [eval_set[i] for i in range(batch_start, stop)]
+def nattack_batch_size(dataset: DatasetSpec, device: torch.device) -> int:
+    """Images whose populations share one forward batch."""
+    population_pixels = dataset.nattack.population * int(np.prod(dataset.input_shape))
+    budget = 200_000_000 if device.type == "cuda" else 8_000_000
+    return int(max(1, min(64, budget // population_pixels)))
+
+
+def iterate_batches(eval_set, start: int, batch_size: int, device: torch.device,
+                    stop: int | None = None) -> Iterator[AttackBatch]:
+    stop = len(eval_set) if stop is None else min(stop, len(eval_set))
+    for batch_start in range(start, stop, batch_size):
+        batch_stop = min(batch_start + batch_size, stop)
+        items = [eval_set[i] for i in range(batch_start, batch_stop)]
         x = torch.stack([item[0] for item in items]).to(device)
         y = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long, device=device)
-        yield AttackBatch(x=x, y=y, indices=torch.arange(batch_start, stop))
+        yield AttackBatch(x=x, y=y, indices=torch.arange(batch_start, batch_stop))
 
 
-def check_defense_output(defense: Defense, x: torch.Tensor, num_classes: int) -> None:
-    if defense.num_classes != num_classes:
-        raise DefenseOutputError(
-            f"{defense.name}: built for {defense.num_classes} classes, the dataset has {num_classes}"
-        )
-    defense.predict(x)   # raises on a wrong shape or non-finite logits
+# ---------------------------------------------------------------- measurements
+
+# Produces the images to classify for a batch, and the queries spent per example (or None).
+Adversary = Callable[[AttackBatch, PassCounter], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def configuration_key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+@dataclass
+class Measurement:
+    name: str
+    family: str                # clean | white_box | transfer | adaptive | diagnostic
+    n: int                     # runs on the first n examples of the subset
+    batch_size: int
+    adversary: Adversary
+    params: dict[str, Any] = field(default_factory=dict)
 
 
-def state_path_for(out: Path | None) -> Path | None:
-    return None if out is None else out.with_name(f".{out.stem}.state.json")
+def _clean(batch: AttackBatch, counter: PassCounter):
+    return batch.x, None
+
+
+def white_box_measurement(attack: str, dataset: DatasetSpec, defense: Defense, *, eps: float, seed: int,
+                          draws: int | None, n: int, batch_size: int, name: str | None = None,
+                          family: str = "white_box") -> Measurement:
+    params = dataset.attacks[attack]
+    if draws is not None:
+        params = dataclasses.replace(params, draws=draws)
+    if eps != dataset.eps and params.step_size is not None:   # the eps = 1 diagnostic scales its step
+        params = dataclasses.replace(params, step_size=2.5 * eps / params.steps)
+
+    def adversary(batch, counter):
+        return run_white_box(attack, defense, batch, params, eps, seed, counter), None
+
+    recorded = {**params.as_dict(), **({"eps": eps} if eps != dataset.eps else {})}
+    return Measurement(name or attack, family, n, batch_size, adversary, recorded)
+
+
+def transfer_measurement(source: TransferSource, attack: str, crafted: CraftedExamples, *, eps: float,
+                         n: int, batch_size: int, dataset: DatasetSpec) -> Measurement:
+    def adversary(batch, counter):
+        start, stop = int(batch.indices[0]), int(batch.indices[-1]) + 1
+        x_adv = crafted.get(start, stop).to(batch.x.device)
+        check_perturbation(batch.x, x_adv, eps, f"transfer from {source.name}")
+        return x_adv, None
+
+    params = {**dataset.attacks[attack].as_dict(), "source": source.name, "source_sha256": source.sha256}
+    return Measurement(f"transfer/{source.name}/{attack}", "transfer", n, batch_size, adversary, params)
+
+
+def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, *, seed: int,
+                        batch_size: int) -> Measurement:
+    iterations = budget.nattack_max_iterations or dataset.nattack.max_iterations
+
+    def adversary(batch, counter):
+        result = nattack(defense, batch.x, batch.y, batch.indices, eps=dataset.eps,
+                         params=dataset.nattack, seed=seed, max_iterations=iterations)
+        counter.add(int(result.queries.sum()), backward=False)
+        return result.x_adv, result.queries
+
+    params = {**dataclasses.asdict(dataset.nattack), "max_iterations": iterations}
+    params["search_shape"] = list(params["search_shape"])
+    return Measurement("nattack", "adaptive", budget.nattack_n, batch_size, adversary, params)
+
+
+# ---------------------------------------------------------------- the evaluation loop
 
 
 class _Evaluation:
     """The moving parts of one evaluation; `evaluate()` is the public entry point."""
 
-    def __init__(self, defense, spec, dataset, budget, seed, device, batch_size, eval_set, state,
-                 progress, checkpoint_seconds):
-        self.defense, self.spec, self.dataset, self.budget = defense, spec, dataset, budget
-        self.seed, self.device, self.batch_size, self.eval_set = seed, device, batch_size, eval_set
-        self.state, self.progress, self.checkpoint_seconds = state, progress, checkpoint_seconds
+    def __init__(self, defense, eval_set, state, *, seed, device, repeats, progress, checkpoint_seconds):
+        self.defense, self.eval_set, self.state = defense, eval_set, state
+        self.seed, self.device, self.repeats = seed, device, repeats
+        self.progress, self.checkpoint_seconds = progress, checkpoint_seconds
 
-    def measure(self, name: str) -> tuple[np.ndarray, dict[str, Any]]:
-        outcomes, finished, costs = self.state.progress(name)
+    def measure(self, measurement: Measurement) -> tuple[Outcomes, dict[str, Any]]:
+        name, n = measurement.name, measurement.n
+        outcomes, finished, costs = self.state.progress(name, self.repeats, n)
         if self.state.done(name):
             return outcomes, costs
         counter = PassCounter(costs.get("forward_passes", 0), costs.get("backward_passes", 0))
         seconds = costs.get("seconds", 0.0)
         last_save = time.monotonic()
-        bar = tqdm(total=len(self.eval_set), initial=finished, desc=f"{name:>9}", unit="img",
+        bar = tqdm(total=n, initial=finished, desc=f"{name[:28]:>28}", unit="img",
                    disable=not self.progress, leave=False)
         try:
-            for batch in iterate_batches(self.eval_set, finished, self.batch_size, self.device):
+            for batch in iterate_batches(self.eval_set, finished, measurement.batch_size, self.device, n):
                 started = time.perf_counter()
-                predictions = self._predict_measurement(name, batch, counter)
-                correct = (predictions == batch.y).cpu().numpy()
-                seconds += time.perf_counter() - started
                 first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
-                outcomes[first:last] = correct
+                correct, queries = self._measure_batch(measurement, batch, counter)
+                outcomes.correct[:, first:last] = correct
+                if queries is not None:
+                    outcomes.queries[first:last] = queries.cpu().numpy()
+                seconds += time.perf_counter() - started
                 finished = last
                 bar.update(last - first)
                 if time.monotonic() - last_save > self.checkpoint_seconds:
@@ -154,17 +234,16 @@ class _Evaluation:
         self.state.update(name, outcomes, finished, costs, done=True)
         return outcomes, costs
 
-    def _predict_measurement(self, name: str, batch: AttackBatch, counter: PassCounter) -> torch.Tensor:
-        seed_model_noise(self.seed, name, int(batch.indices[0]))
-        x = batch.x
-        if name != "clean":
-            params = self.dataset.attacks[name]
-            x = run_white_box(name, self.defense, batch, params, self.dataset.eps, self.seed, counter)
-        counter.add(x.shape[0], backward=False)
-        predictions = self.defense.predict(x)
+    def _measure_batch(self, measurement: Measurement, batch: AttackBatch, counter: PassCounter):
+        seed_model_noise(self.seed, measurement.name, int(batch.indices[0]))
+        x, queries = measurement.adversary(batch, counter)
+        rows = []
+        for _ in range(self.repeats):
+            counter.add(x.shape[0], backward=False)
+            rows.append((self.defense.predict(x) == batch.y).cpu().numpy())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return predictions
+        return np.stack(rows), queries
 
 
 def _costs(counter: PassCounter, seconds: float) -> dict[str, Any]:
@@ -172,19 +251,83 @@ def _costs(counter: PassCounter, seconds: float) -> dict[str, Any]:
             "backward_passes": counter.backward}
 
 
-def _measurement(outcomes: np.ndarray, confidence: float) -> dict[str, Any]:
-    correct, n = int(outcomes.sum()), int(outcomes.size)
-    low, high = wilson_interval(correct, n, confidence)
-    return {"accuracy": correct / n, "correct": correct, "n": n, "interval": [low, high]}
+# ---------------------------------------------------------------- numbers
+
+
+def summarize(correct: np.ndarray, confidence: float) -> dict[str, Any]:
+    """Accuracy of bool [repeats, n] outcomes: the mean over repeats, with a Wilson interval.
+
+    With repeated (randomized) predictions, the interval is computed on the mean number of correct
+    examples, and the spread across repeats is recorded beside it.
+    """
+    repeats, n = correct.shape
+    per_repeat = correct.mean(axis=1)
+    accuracy = float(per_repeat.mean())
+    mean_correct = float(correct.sum(axis=1).mean())
+    low, high = wilson_interval(int(round(mean_correct)), n, confidence)
+    summary = {"accuracy": accuracy, "correct": int(round(mean_correct)), "n": int(n),
+               "interval": [low, high]}
+    if repeats > 1:
+        summary["repeats"] = int(repeats)
+        summary["spread"] = {"std": float(per_repeat.std()), "min": float(per_repeat.min()),
+                             "max": float(per_repeat.max())}
+    return summary
+
+
+def worst_case(outcomes: dict[str, Outcomes], names: list[str], n: int, confidence: float,
+               definition: str) -> dict[str, Any]:
+    """Per example (and per repeat): correct on the clean input and under every listed measurement."""
+    stacked = [outcomes["clean"].correct[:, :n], *(outcomes[m].correct[:, :n] for m in names)]
+    return {**summarize(np.logical_and.reduce(stacked), confidence), "definition": definition,
+            "measurements": names}
+
+
+def _queries_summary(queries: np.ndarray) -> dict[str, Any]:
+    return {"median": float(np.median(queries)), "mean": float(queries.mean()),
+            "max": int(queries.max()), "total": int(queries.sum())}
+
+
+# ---------------------------------------------------------------- public API
+
+
+def configuration_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_path_for(out: Path | None) -> Path | None:
+    return None if out is None else out.with_name(f".{out.stem}.state.json")
+
+
+def check_defense_output(defense: Defense, x: torch.Tensor, num_classes: int) -> None:
+    if defense.num_classes != num_classes:
+        raise DefenseOutputError(
+            f"{defense.name}: built for {defense.num_classes} classes, the dataset has {num_classes}"
+        )
+    defense.predict(x)   # raises on a wrong shape or non-finite logits
+
+
+def usable_sources(sources: list[TransferSource], entry: EntryInfo, num_classes: int) -> list[TransferSource]:
+    """The held-out sources minus the target itself (a model is never its own source)."""
+    for source in sources:
+        if source.defense.num_classes != num_classes:
+            raise ThreatbenchError(
+                f"held-out source {source.name} has {source.defense.num_classes} classes, the target "
+                f"has {num_classes}; the spec's sources must match the dataset"
+            )
+    own = (entry.weights or {}).get("sha256")
+    return [s for s in sources if s.sha256 != own]
 
 
 def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int | None = None,
              out: str | Path | None = None, device: str | torch.device | None = None,
              batch_size: int | None = None, data_dir: str | Path | None = None,
              entry: EntryInfo | None = None, spec: Spec | None = None, progress: bool = True,
-             checkpoint_seconds: float = 30.0) -> Result:
+             checkpoint_seconds: float = 30.0, sources: list[TransferSource] | None = None,
+             families: tuple[str, ...] = FAMILIES) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
+    `sources` are the held-out transfer sources; by default the spec's own, loaded and
+    hash-checked. `families` limits what is run (the others are recorded as not run).
     With `out`, progress is checkpointed beside it and a rerun of the same call resumes.
     """
     started = time.time()
@@ -195,33 +338,67 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = check_output_path(out) if out is not None else None
     batch_size = batch_size or default_batch_size(dataset_spec, device)
+    entry = entry or EntryInfo(name=defense.name)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ThreatbenchError(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+
     preprocessing = dataset_spec.preprocessing.as_dict() if dataset_spec.preprocessing else None
     eval_set = load_evaluation_set(dataset, budget_spec.n, data_dir, imagenet_preprocessing=preprocessing)
-
     defense = defense.to(device)
-    probe_batch = next(iterate_batches(eval_set, 0, min(batch_size, 64), device))
-    check_defense_output(defense, probe_batch.x, dataset_spec.num_classes)
-    detected = probe_randomness(defense, probe_batch.x)
+    probe = next(iterate_batches(eval_set, 0, min(batch_size, 64), device))
+    check_defense_output(defense, probe.x, dataset_spec.num_classes)
+    detected = probe_randomness(defense, probe.x)
     randomized = defense.randomized or detected
-    attacks = list(DETERMINISTIC_WHITE_BOX) + (["epgd"] if randomized else [])
+    repeats = spec.randomized.prediction_repeats if randomized else 1
+    draws = dataset_spec.attacks["epgd"].draws if randomized else None
 
-    entry = entry or EntryInfo(name=defense.name)
+    family_status: dict[str, dict[str, Any]] = {}
+    measurements = [Measurement("clean", "clean", budget_spec.n, batch_size, _clean)]
+    if "white_box" in families:
+        names = WHITE_BOX_RANDOMIZED if randomized else WHITE_BOX_DETERMINISTIC
+        measurements += [white_box_measurement(a, dataset_spec, defense, eps=dataset_spec.eps, seed=seed,
+                                               draws=draws, n=budget_spec.n, batch_size=batch_size)
+                         for a in names]
+        family_status["white_box"] = {"status": "run"}
+    transfer_cache = None
+    if "transfer" in families:
+        transfer_cache, status, transfer = _transfer_measurements(
+            spec, dataset_spec, budget_spec, eval_set, entry, sources, seed=seed, device=device,
+            batch_size=batch_size)
+        measurements += transfer
+        family_status["transfer"] = status
+    if "adaptive" in families:
+        measurements.append(nattack_measurement(dataset_spec, budget_spec, defense, seed=seed,
+                                                batch_size=nattack_batch_size(dataset_spec, device)))
+        family_status["adaptive"] = {"status": "run"}
+    if "white_box" in families:
+        unbounded = spec.diagnostics
+        measurements.append(white_box_measurement(
+            "epgd" if randomized else "pgd", dataset_spec, defense, eps=unbounded.unbounded_pgd_eps,
+            seed=seed, draws=draws, n=min(unbounded.unbounded_pgd_examples, budget_spec.n),
+            batch_size=batch_size, name="pgd_unbounded", family="diagnostic"))
+    for family in FAMILIES:
+        family_status.setdefault(family, {"status": "not_run", "reason": "not requested (families=...)"})
+
     key = configuration_key(spec=spec.sha256, dataset=dataset, budget=budget, n=budget_spec.n,
                             subset=eval_set.sha256, seed=seed, batch_size=batch_size,
-                            device=device.type, entry=entry.__dict__, attacks=attacks)
-    state = EvaluationState.open(state_path_for(out), key, budget_spec.n)
-    run = _Evaluation(defense, spec, dataset_spec, budget_spec, seed, device, batch_size, eval_set,
-                      state, progress, checkpoint_seconds)
-
+                            device=device.type, entry=entry.__dict__,
+                            measurements=[(m.name, m.n, m.params) for m in measurements])
+    state = EvaluationState.open(state_path_for(out), key)
+    run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
+                      progress=progress, checkpoint_seconds=checkpoint_seconds)
     outcomes, costs = {}, {}
-    for name in ["clean", *attacks]:
-        outcomes[name], costs[name] = run.measure(name)
+    for measurement in measurements:
+        outcomes[measurement.name], costs[measurement.name] = run.measure(measurement)
+        if not outcomes[measurement.name].queries.any():
+            outcomes[measurement.name].queries = None
 
     record = build_record(
-        spec=spec, dataset_spec=dataset_spec, budget=budget_spec.name, seed=seed, eval_set=eval_set,
-        entry=entry, declared=defense.randomized, detected=detected, attacks=attacks,
-        outcomes=outcomes, costs=costs, device=device, batch_size=batch_size,
-        total_seconds=time.time() - started,
+        spec=spec, dataset_spec=dataset_spec, budget=budget_spec, seed=seed, eval_set=eval_set,
+        entry=entry, declared=defense.randomized, detected=detected, measurements=measurements,
+        outcomes=outcomes, costs=costs, family_status=family_status, device=device,
+        batch_size=batch_size, total_seconds=time.time() - started, transfer_cache=transfer_cache,
         examples_file=examples_path(out).name if out is not None else None,
     )
     if out is not None:
@@ -230,51 +407,103 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     return Result(record=record, outcomes=outcomes)
 
 
-def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: str, seed: int, eval_set,
-                 entry: EntryInfo, declared: bool, detected: bool, attacks: list[str],
-                 outcomes: dict[str, np.ndarray], costs: dict[str, dict[str, Any]],
-                 device: torch.device, batch_size: int, total_seconds: float,
+def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sources, *, seed, device,
+                           batch_size):
+    from benchmark.sources import TransferCacheDir, load_held_out_sources
+
+    if sources is None:
+        sources, reason = load_held_out_sources(dataset_spec, device=device)
+        if not sources:
+            return None, {"status": "not_run", "reason": reason}, []
+    usable = usable_sources(sources, entry, dataset_spec.num_classes)
+    if not usable:
+        return None, {"status": "not_run",
+                      "reason": "every held-out source is the evaluated model itself"}, []
+    cache = TransferCache(TransferCacheDir())
+    measurements = []
+    for source in sources_with_ensemble(usable):
+        for attack in TRANSFER_ATTACKS:
+            crafted = CraftedExamples(source, attack, eval_set, dataset_spec, seed=seed,
+                                      spec_sha256=spec.sha256, cache=cache, batch_size=batch_size,
+                                      device=device)
+            measurements.append(transfer_measurement(source, attack, crafted, eps=dataset_spec.eps,
+                                                     n=budget_spec.n, batch_size=batch_size,
+                                                     dataset=dataset_spec))
+    status = {"status": "run", "sources": [{"name": s.name, "sha256": s.sha256} for s in usable]}
+    excluded = [s.name for s in sources if s not in usable]
+    if excluded:
+        status["excluded_sources"] = {"names": excluded, "reason": "a model is never its own source"}
+    return cache, status, measurements
+
+
+def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed: int, eval_set,
+                 entry: EntryInfo, declared: bool, detected: bool, measurements: list[Measurement],
+                 outcomes: dict[str, Outcomes], costs: dict[str, dict[str, Any]],
+                 family_status: dict[str, dict[str, Any]], device: torch.device, batch_size: int,
+                 total_seconds: float, transfer_cache: TransferCache | None,
                  examples_file: str | None) -> dict[str, Any]:
     confidence = spec.confidence
-    clean = {**_measurement(outcomes["clean"], confidence), **costs["clean"]}
-    attack_records = {
-        name: {
-            "family": "white_box",
-            "params": dataset_spec.attacks[name].as_dict(),
-            **_measurement(outcomes[name], confidence),
-            **costs[name],
+    by_family: dict[str, list[str]] = {}
+    attacks, diagnostics = {}, {}
+    for m in measurements:
+        if m.family == "clean":
+            continue
+        summary = {"family": m.family, "params": m.params,
+                   **summarize(outcomes[m.name].correct, confidence), **costs[m.name]}
+        if outcomes[m.name].queries is not None:
+            summary["queries"] = _queries_summary(outcomes[m.name].queries)
+        if m.family == "diagnostic":
+            diagnostics[m.name] = summary
+        else:
+            attacks[m.name] = summary
+            by_family.setdefault(m.family, []).append(m.name)
+    for family, names in by_family.items():
+        family_status[family]["measurements"] = names
+
+    n, nattack_n = len(eval_set), budget.nattack_n
+    worst = {family: None for family in FAMILIES}
+    for family, names in by_family.items():
+        size = nattack_n if family == "adaptive" else n
+        worst[family] = worst_case(outcomes, names, size, confidence,
+                                   f"correct on the clean input and under every {family} attack")
+    worst["all"] = None
+    if all(family_status[f]["status"] == "run" for f in FAMILIES):
+        names = [name for family in FAMILIES for name in by_family[family]]
+        worst["all"] = worst_case(outcomes, names, nattack_n, confidence,
+                                  "correct on the clean input and under every attack of every family, "
+                                  f"on the first {nattack_n} examples (where NAttack ran)")
+        # The same examples per family, so that the gaps between families compare like with like.
+        worst["all"]["families_on_subset"] = {
+            family: summarize(np.logical_and.reduce(
+                [outcomes["clean"].correct[:, :nattack_n],
+                 *(outcomes[m].correct[:, :nattack_n] for m in by_family[family])]), confidence)["accuracy"]
+            for family in FAMILIES
         }
-        for name in attacks
-    }
-    white_box_worst = np.logical_and.reduce([outcomes["clean"], *(outcomes[a] for a in attacks)])
     record = {
         "schema": RESULT_SCHEMA,
         "entry": {**entry.__dict__, "randomized": declared},
         "dataset": dataset_spec.name,
         "spec": {"version": spec.version, "sha256": spec.sha256},
         "threat_model": {"norm": spec.norm, "eps": dataset_spec.eps},
-        "budget": budget,
-        "n": len(eval_set),
+        "budget": budget.name,
+        "n": n,
+        "nattack_n": nattack_n,
         "subset_sha256": eval_set.sha256,
         "seed": seed,
         "randomness": {"declared": declared, "detected": detected,
-                       "attacked_as_randomized": declared or detected},
-        "clean": clean,
-        "attacks": attack_records,
-        "families": {
-            "white_box": {"status": "run", "attacks": attacks},
-            "transfer": {"status": "not_run", "reason": NOT_RUN_YET},
-            "adaptive": {"status": "not_run", "reason": NOT_RUN_YET},
-        },
-        "worst_case": {
-            "white_box": {**_measurement(white_box_worst, confidence),
-                          "definition": "correct on the clean input and under every white-box attack"},
-            "transfer": None,
-            "adaptive": None,
-            "all": None,
-        },
+                       "attacked_as_randomized": declared or detected,
+                       "prediction_repeats": outcomes["clean"].repeats},
+        "clean": {**summarize(outcomes["clean"].correct, confidence), **costs["clean"]},
+        "attacks": attacks,
+        "families": family_status,
+        "worst_case": worst,
+        "diagnostics": diagnostics,
         "examples_file": examples_file,
         "provenance": provenance.collect(device, batch_size=batch_size, total_seconds=total_seconds),
     }
+    if transfer_cache is not None:
+        record["provenance"]["transfer_cache"] = {
+            "chunk_hits": transfer_cache.hits, "chunk_misses": transfer_cache.misses,
+            "crafting_seconds": round(transfer_cache.crafted_seconds, 3)}
     record["flags"] = gradient_masking_flags(record)
     return record

@@ -78,3 +78,76 @@ def measure_attacks(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Ten
         rows.append(PerfRow(name, gradient_steps(name, dataset), per_step, per_step / floor,
                             x.shape[0] / total))
     return floor, rows
+
+
+@dataclass(frozen=True)
+class NAttackPerf:
+    images: int
+    queries: int
+    seconds: float
+    floor_seconds_per_image: float
+
+    @property
+    def queries_per_second(self) -> float:
+        return self.queries / self.seconds
+
+    @property
+    def floor_images_per_second(self) -> float:
+        return 1.0 / self.floor_seconds_per_image
+
+    @property
+    def ratio_to_floor(self) -> float:
+        """Queries per second relative to the floor's images per second (1.0 = at the floor)."""
+        return self.queries_per_second / self.floor_images_per_second
+
+
+def measure_nattack(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Tensor, *,
+                    iterations: int = 10, repeats: int = 3, seed: int = 0) -> NAttackPerf:
+    """NAttack's queries per second against one batched forward pass of the same size.
+
+    The floor is `defense.scores` on a batch of images * population inputs: what one NAttack
+    iteration must at least cost.
+    """
+    from benchmark.attacks.nattack import nattack
+
+    device = x.device
+    population = dataset.nattack.population
+    floor_input = torch.rand((x.shape[0] * population, *x.shape[1:]), device=device)
+    defense.scores(floor_input)   # warm-up
+    floor_times, attack_times, queries = [], [], 0
+    indices = torch.arange(x.shape[0])
+    for _ in range(repeats):
+        floor_times.append(_time(lambda: defense.scores(floor_input), device))
+        started = time.perf_counter()
+        result = nattack(defense, x, y, indices, eps=dataset.eps, params=dataset.nattack, seed=seed,
+                         max_iterations=iterations)
+        _synchronize(device)
+        attack_times.append(time.perf_counter() - started)
+        queries = int(result.queries.sum())
+    seconds = statistics.median(attack_times)
+    return NAttackPerf(x.shape[0], queries, seconds, statistics.median(floor_times) / floor_input.shape[0])
+
+
+@dataclass(frozen=True)
+class TransferPerf:
+    crafting_seconds: float     # first use: the examples are crafted on the source and cached
+    cached_seconds: float       # every later target: read back from the cache
+    hits: int
+    misses: int
+
+
+def measure_transfer_cache(source, dataset: DatasetSpec, eval_set, cache_root, *, attack: str = "pgd",
+                           seed: int = 0, batch_size: int = 100, device=None) -> TransferPerf:
+    """Crafting cost paid once per source: a cold read crafts, a second read hits the cache."""
+    from benchmark.attacks.transfer import CraftedExamples, TransferCache
+
+    device = device or torch.device("cpu")
+    cache = TransferCache(cache_root)
+    timings = []
+    for _ in range(2):
+        crafted = CraftedExamples(source, attack, eval_set, dataset, seed=seed, spec_sha256="perf",
+                                  cache=cache, batch_size=batch_size, device=device)
+        started = time.perf_counter()
+        crafted.get(0, len(eval_set))
+        timings.append(time.perf_counter() - started)
+    return TransferPerf(timings[0], timings[1], cache.hits, cache.misses)

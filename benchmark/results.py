@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write via a temporary file in the same directory and rename: readers never see a partial file."""
     path = check_output_path(path)
@@ -51,6 +58,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())   # mkstemp creates 0600; results are shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -81,19 +89,45 @@ def examples_path(record_path: str | os.PathLike) -> Path:
     return record_path.with_name(record_path.stem + ".examples.json")
 
 
-def examples_document(outcomes: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+@dataclass
+class Outcomes:
+    """Per-example outcomes of one measurement.
+
+    `correct` is bool [repeats, n]: one row per repeated prediction (1 row for a deterministic
+    defense). `queries` holds the queries used per example, for query-based attacks.
+    """
+
+    correct: np.ndarray
+    queries: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.correct.shape[1])
+
+    @property
+    def repeats(self) -> int:
+        return int(self.correct.shape[0])
+
+
+def examples_document(outcomes: dict[str, Outcomes]) -> dict[str, Any]:
+    measurements = {}
+    for name, outcome in outcomes.items():
+        entry: dict[str, Any] = {"n": outcome.n, "bits": [encode_bits(row) for row in outcome.correct]}
+        if outcome.queries is not None:
+            entry["queries"] = [int(q) for q in outcome.queries]
+        measurements[name] = entry
     return {
         "schema": EXAMPLES_SCHEMA,
-        "n": n,
-        "meaning": "bit i = 1 when example i of the evaluation subset was classified correctly",
-        "bits": {name: encode_bits(values) for name, values in outcomes.items()},
+        "meaning": "bits[r][i] = 1 when example i of the evaluation subset was classified correctly "
+                   "in repeated prediction r; queries[i] = queries spent on example i",
+        "measurements": measurements,
     }
 
 
-def write_result(path: str | os.PathLike, record: dict[str, Any], outcomes: dict[str, np.ndarray]) -> None:
+def write_result(path: str | os.PathLike, record: dict[str, Any], outcomes: dict[str, Outcomes]) -> None:
     """Write the examples file, then the record (which names the examples file last, atomically)."""
     path = check_output_path(path)
-    atomic_write_json(examples_path(path), examples_document(outcomes, record["n"]))
+    atomic_write_json(examples_path(path), examples_document(outcomes))
     atomic_write_json(path, record)
 
 
@@ -115,18 +149,23 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def read_outcomes(record_path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_outcomes(record_path: str | os.PathLike) -> dict[str, Outcomes]:
     path = examples_path(record_path)
     document = read_json(path)
     if not isinstance(document, dict) or document.get("schema") != EXAMPLES_SCHEMA:
         raise RecordError(f"{path}: field 'schema' is not {EXAMPLES_SCHEMA!r}")
-    n = document.get("n")
     outcomes = {}
-    for name, text in document.get("bits", {}).items():
+    for name, entry in document.get("measurements", {}).items():
         try:
-            outcomes[name] = decode_bits(text, n)
-        except (ValueError, TypeError) as error:
-            raise RecordError(f"{path}: field 'bits.{name}': {error}") from None
+            correct = np.stack([decode_bits(text, entry["n"]) for text in entry["bits"]])
+            queries = entry.get("queries")
+            if queries is not None:
+                queries = np.asarray(queries, dtype=np.int64)
+                if queries.shape != (entry["n"],):
+                    raise ValueError(f"{queries.size} query counts for n = {entry['n']}")
+        except (ValueError, TypeError, KeyError) as error:
+            raise RecordError(f"{path}: field 'measurements.{name}': {error}") from None
+        outcomes[name] = Outcomes(correct, queries)
     return outcomes
 
 
@@ -140,13 +179,13 @@ class EvaluationState:
     with another key belongs to another evaluation and is never mixed in.
     """
 
-    def __init__(self, path: Path | None, key: str, n: int):
-        self.path, self.key, self.n = path, key, n
+    def __init__(self, path: Path | None, key: str):
+        self.path, self.key = path, key
         self.measurements: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def open(cls, path: Path | None, key: str, n: int) -> EvaluationState:
-        state = cls(path, key, n)
+    def open(cls, path: Path | None, key: str) -> EvaluationState:
+        state = cls(path, key)
         if path is not None and path.is_file():
             document = read_json(path)
             if document.get("schema") == STATE_SCHEMA and document.get("key") == key:
@@ -156,17 +195,21 @@ class EvaluationState:
     def done(self, name: str) -> bool:
         return self.measurements.get(name, {}).get("done", False)
 
-    def progress(self, name: str) -> tuple[np.ndarray, int, dict[str, Any]]:
+    def progress(self, name: str, repeats: int, n: int) -> tuple[Outcomes, int, dict[str, Any]]:
         """(outcomes so far, number of examples finished, accumulated costs) of a measurement."""
         entry = self.measurements.get(name)
         if entry is None:
-            return np.zeros(self.n, dtype=bool), 0, {}
-        return decode_bits(entry["bits"], self.n), entry["finished"], entry["costs"]
+            return Outcomes(np.zeros((repeats, n), dtype=bool), np.zeros(n, dtype=np.int64)), 0, {}
+        correct = np.stack([decode_bits(text, n) for text in entry["bits"]])
+        queries = np.asarray(entry["queries"], dtype=np.int64)
+        return Outcomes(correct, queries), entry["finished"], entry["costs"]
 
-    def update(self, name: str, outcomes: np.ndarray, finished: int, costs: dict[str, Any],
+    def update(self, name: str, outcomes: Outcomes, finished: int, costs: dict[str, Any],
                done: bool) -> None:
         self.measurements[name] = {
-            "bits": encode_bits(outcomes), "finished": finished, "costs": costs, "done": done,
+            "bits": [encode_bits(row) for row in outcomes.correct],
+            "queries": [int(q) for q in outcomes.queries],
+            "finished": finished, "costs": costs, "done": done,
         }
         self.save()
 

@@ -58,6 +58,35 @@ class NAttackParams:
 
 
 @dataclass(frozen=True)
+class HubFile:
+    repo: str
+    revision: str
+    file: str
+
+
+@dataclass(frozen=True)
+class HeldOutSource:
+    """A transfer source of the judge's. `weights` is relative to benchmark/resources/sources/."""
+
+    name: str
+    architecture: str
+    weights: str | None = None
+    sha256: str | None = None
+    hub: HubFile | None = None
+
+
+@dataclass(frozen=True)
+class RandomizedPolicy:
+    prediction_repeats: int
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    unbounded_pgd_eps: float
+    unbounded_pgd_examples: int
+
+
+@dataclass(frozen=True)
 class Budget:
     name: str
     n: int
@@ -84,7 +113,7 @@ class DatasetSpec:
     architectures: tuple[str, ...]
     trained_architecture: str
     static_models: tuple[str, ...]
-    held_out_sources: tuple[str, ...]
+    held_out_sources: tuple[HeldOutSource, ...]
     attacks: dict[str, AttackParams]
     nattack: NAttackParams
     budgets: dict[str, Budget]
@@ -103,6 +132,8 @@ class Spec:
     norm: str
     seed: int
     confidence: float
+    randomized: RandomizedPolicy
+    diagnostics: Diagnostics
     datasets: dict[str, DatasetSpec]
     sha256: str
     path: Path = field(compare=False)
@@ -146,8 +177,8 @@ def _float(value: Any, key: str, *, low: float, high: float, low_open: bool = Tr
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{key}: expected a number, got {value!r}")
     value = float(value)
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
+    above_low = value > low if low_open else value >= low
+    if not (above_low and value <= high):   # written so that NaN (valid TOML: `nan`) is rejected
         bracket = "(" if low_open else "["
         raise SpecError(f"{key}: must lie in {bracket}{low}, {high}], got {value}")
     return value
@@ -231,13 +262,64 @@ def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
     return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations)
 
 
+def _sha256(value: Any, key: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SpecError(f"{key}: expected a sha256 (64 lowercase hex digits), got {value!r}")
+    return value
+
+
+def _parse_sources(value: Any, where: str) -> tuple[HeldOutSource, ...]:
+    if not isinstance(value, list):
+        raise SpecError(f"{where}: expected [[{where}]] tables")
+    sources, names = [], set()
+    for i, table in enumerate(value):
+        key = f"{where}[{i}]"
+        _check_keys(table, key, {"name", "architecture"}, {"weights", "sha256", "hub"})
+        name = _str(table["name"], f"{key}.name")
+        if name in names:
+            raise SpecError(f"{key}.name: duplicate source name {name!r}")
+        names.add(name)
+        if ("weights" in table) != ("sha256" in table):
+            raise SpecError(f"{key}: 'weights' and 'sha256' go together (a source's weights are always pinned)")
+        hub = None
+        if "hub" in table:
+            _check_keys(table["hub"], f"{key}.hub", {"repo", "revision", "file"})
+            revision = _str(table["hub"]["revision"], f"{key}.hub.revision")
+            if len(revision) != 40 or any(c not in "0123456789abcdef" for c in revision):
+                raise SpecError(f"{key}.hub.revision: expected a full 40-hex commit sha, got {revision!r}")
+            hub = HubFile(_str(table["hub"]["repo"], f"{key}.hub.repo"), revision,
+                          _str(table["hub"]["file"], f"{key}.hub.file"))
+        sources.append(HeldOutSource(
+            name=name,
+            architecture=_str(table["architecture"], f"{key}.architecture"),
+            weights=_str(table["weights"], f"{key}.weights") if "weights" in table else None,
+            sha256=_sha256(table["sha256"], f"{key}.sha256") if "sha256" in table else None,
+            hub=hub,
+        ))
+    return tuple(sources)
+
+
+def _parse_randomized(table: Any) -> RandomizedPolicy:
+    _check_keys(table, "randomized", {"prediction_repeats"})
+    return RandomizedPolicy(_int(table["prediction_repeats"], "randomized.prediction_repeats", minimum=1))
+
+
+def _parse_diagnostics(table: Any) -> Diagnostics:
+    _check_keys(table, "diagnostics", {"unbounded_pgd_eps", "unbounded_pgd_examples"})
+    return Diagnostics(
+        unbounded_pgd_eps=_float(table["unbounded_pgd_eps"], "diagnostics.unbounded_pgd_eps", low=0.0, high=1.0),
+        unbounded_pgd_examples=_int(table["unbounded_pgd_examples"], "diagnostics.unbounded_pgd_examples",
+                                    minimum=1),
+    )
+
+
 def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
     where = f"datasets.{name}"
     required = {
         "num_classes", "input_shape", "eps", "architectures", "trained_architecture",
-        "static_models", "held_out_sources", "attacks", "nattack", "budgets",
+        "static_models", "attacks", "nattack", "budgets",
     }
-    _check_keys(table, where, required, {"preprocessing"})
+    _check_keys(table, where, required, {"preprocessing", "held_out_sources"})
     eps = _float(table["eps"], f"{where}.eps", low=0.0, high=1.0)
     attacks_table = table["attacks"]
     _check_keys(attacks_table, f"{where}.attacks", set(WHITE_BOX_ATTACKS))
@@ -249,6 +331,12 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
     budgets = {b: _parse_budget(b, budgets_table[b], f"{where}.budgets.{b}") for b in ("full", "quick")}
     architectures = _str_list(table["architectures"], f"{where}.architectures")
     trained = _str(table["trained_architecture"], f"{where}.trained_architecture")
+    static_models = _str_list(table["static_models"], f"{where}.static_models")
+    sources = _parse_sources(table.get("held_out_sources", []), f"{where}.held_out_sources")
+    for source in sources:
+        if source.architecture in static_models:
+            raise SpecError(f"{where}.static_models: {source.architecture!r} is a held-out source's "
+                            "architecture; a held-out source must never be seen by a defense")
     preprocessing = None
     if "preprocessing" in table:
         pre = table["preprocessing"]
@@ -265,8 +353,8 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
         eps=eps,
         architectures=architectures,
         trained_architecture=trained,
-        static_models=_str_list(table["static_models"], f"{where}.static_models"),
-        held_out_sources=_str_list(table["held_out_sources"], f"{where}.held_out_sources"),
+        static_models=static_models,
+        held_out_sources=sources,
         attacks=attacks,
         nattack=_parse_nattack(table["nattack"], f"{where}.nattack"),
         budgets=budgets,
@@ -275,7 +363,8 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
 
 
 def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
-    _check_keys(document, "", {"schema", "version", "norm", "seed", "confidence", "datasets"})
+    _check_keys(document, "", {"schema", "version", "norm", "seed", "confidence", "randomized",
+                               "diagnostics", "datasets"})
     schema = _str(document["schema"], "schema")
     if schema != SPEC_SCHEMA:
         raise SpecError(f"schema: this threatbench reads {SPEC_SCHEMA!r}, the file says {schema!r}")
@@ -292,6 +381,8 @@ def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
         norm=_str(document["norm"], "norm", ("linf",)),
         seed=_int(document["seed"], "seed"),
         confidence=_float(document["confidence"], "confidence", low=0.5, high=0.999),
+        randomized=_parse_randomized(document["randomized"]),
+        diagnostics=_parse_diagnostics(document["diagnostics"]),
         datasets={name: _parse_dataset(name, t) for name, t in datasets_table.items()},
         sha256=sha256,
         path=path,

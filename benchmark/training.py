@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from benchmark.architectures import build
+from benchmark.cache import cache_dir  # noqa: F401  (re-exported for callers)
 from benchmark.data import load_training_tensors
 from benchmark.defense import file_sha256
 from benchmark.randomness import derive_seed
@@ -52,13 +53,6 @@ class TrainedModel:
     weights: Path
     sha256: str
     recipe: StandardRecipe
-
-
-def cache_dir() -> Path:
-    if os.environ.get("THREATBENCH_CACHE"):
-        return Path(os.environ["THREATBENCH_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "threatbench"
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -98,8 +98,11 @@ def test_console_script_and_module_entry_point():
 
 @requires_fashion
 def test_perf_prints_ratios_to_the_floor(capsys):
-    assert main(["perf", "--batch-size", "16", "--repeats", "1"]) == 0
+    assert main(["perf", "--batch-size", "16", "--repeats", "1", "--nattack-images", "2",
+                 "--nattack-iterations", "2"]) == 0
     out = capsys.readouterr().out
     assert "floor" in out and "x floor" in out
     for attack in ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]:
         assert attack in out
+    assert "nattack:" in out and "queries/s" in out
+    assert "transfer (pgd crafted on held-out B" in out and "1 chunk hit" in out

@@ -24,6 +24,7 @@ WHITE_BOX = ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]
 
 def _evaluate(defense, tmp_path, name="r.json", **kwargs):
     kwargs.setdefault("batch_size", 100)
+    kwargs.setdefault("families", ("white_box",))
     return evaluate(defense, "fashion-mnist", budget="quick", out=tmp_path / name, progress=False,
                     entry=EntryInfo(name="mlp", architecture="test-mlp"), **kwargs)
 
@@ -43,6 +44,7 @@ def test_record_has_the_schema_and_numbers_as_numbers(quick_result):
     assert record["n"] == 500 and record["budget"] == "quick" and record["seed"] == 0
     assert len(record["spec"]["sha256"]) == 64 and len(record["subset_sha256"]) == 64
     assert list(record["attacks"]) == WHITE_BOX
+    assert list(record["diagnostics"]) == ["pgd_unbounded"]
     for measurement in [record["clean"], *record["attacks"].values()]:
         assert isinstance(measurement["accuracy"], float)
         assert isinstance(measurement["correct"], int)
@@ -65,15 +67,17 @@ def test_families_not_run_are_recorded_as_such_never_as_numbers(quick_result):
     assert record["worst_case"]["transfer"] is None and record["worst_case"]["adaptive"] is None
     assert record["worst_case"]["all"] is None
     assert record["flags"]["transfer_beats_white_box"]["raised"] is None
+    assert record["flags"]["nattack_beats_white_box"]["raised"] is None
+    assert record["flags"]["pgd_unbounded_not_zero"]["raised"] is False
 
 
 def test_worst_case_is_per_example_and_below_every_attack(quick_result):
     result, path = quick_result
     outcomes = read_outcomes(path)
-    assert set(outcomes) == {"clean", *WHITE_BOX}
+    assert set(outcomes) == {"clean", *WHITE_BOX, "pgd_unbounded"}
     for name in WHITE_BOX:
-        assert outcomes[name].sum() == result.record["attacks"][name]["correct"]
-    expected = np.logical_and.reduce([outcomes[name] for name in ["clean", *WHITE_BOX]])
+        assert outcomes[name].correct.sum() == result.record["attacks"][name]["correct"]
+    expected = np.logical_and.reduce([outcomes[name].correct[0] for name in ["clean", *WHITE_BOX]])
     worst = result.record["worst_case"]["white_box"]
     assert worst["correct"] == int(expected.sum())
     assert worst["accuracy"] <= min(a["accuracy"] for a in result.record["attacks"].values())
@@ -83,7 +87,7 @@ def test_worst_case_is_per_example_and_below_every_attack(quick_result):
 def test_same_seed_gives_identical_outcomes(trained_mlp, quick_result, tmp_path):
     again = _evaluate(Defense(trained_mlp, 10, name="mlp"), tmp_path)
     for name, outcomes in quick_result[0].outcomes.items():
-        assert np.array_equal(outcomes, again.outcomes[name]), name
+        assert np.array_equal(outcomes.correct, again.outcomes[name].correct), name
 
 
 class _InterruptingAttacks:
@@ -113,9 +117,10 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained_mlp, quick_r
     counting = _InterruptingAttacks()
     monkeypatch.setattr(evaluate_module, "run_white_box", counting)
     resumed = _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
-    assert counting.calls == {"pgd": 3}, "finished attacks and pgd's two finished batches are reused"
+    assert counting.calls == {"pgd": 4}, "finished attacks and pgd's two finished batches are reused " \
+        "(3 batches of pgd remain, then the single batch of the eps = 1 diagnostic)"
     for name, outcomes in quick_result[0].outcomes.items():
-        assert np.array_equal(outcomes, resumed.outcomes[name]), name
+        assert np.array_equal(outcomes.correct, resumed.outcomes[name].correct), name
     assert not (tmp_path / ".r.state.json").exists()
 
 
@@ -157,10 +162,16 @@ def test_undeclared_randomness_is_detected_and_attacked_with_eot(trained_mlp, tm
     noisy = Defense(NoisyModel(trained_mlp, 0.05), 10, randomized=False, name="noisy")
     result = _evaluate(noisy, tmp_path)
     record = result.record
-    assert record["randomness"] == {"declared": False, "detected": True, "attacked_as_randomized": True}
-    assert "epgd" in record["attacks"]
+    assert record["randomness"] == {"declared": False, "detected": True, "attacked_as_randomized": True,
+                                    "prediction_repeats": 5}
+    assert list(record["attacks"]) == ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd"]
     assert record["attacks"]["epgd"]["backward_passes"] == 500 * 40 * 8
+    assert record["attacks"]["fgsm"]["backward_passes"] == 500 * 8, "EOT on every gradient"
+    assert record["clean"]["repeats"] == 5 and record["clean"]["forward_passes"] == 5 * 500
+    spread = record["attacks"]["epgd"]["spread"]
+    assert spread["min"] <= record["attacks"]["epgd"]["accuracy"] <= spread["max"]
     assert record["flags"]["randomness_undeclared"]["raised"] is True
+    assert result.outcomes["clean"].correct.shape == (5, 500)
 
 
 def test_label_leaking_is_flagged():
@@ -168,6 +179,9 @@ def test_label_leaking_is_flagged():
                           "pgd": {"accuracy": 0.1, "interval": [0.08, 0.12]}},
               "clean": {"accuracy": 0.8, "interval": [0.77, 0.83]},
               "families": {"transfer": {"status": "not_run"}, "adaptive": {"status": "not_run"}},
+              "worst_case": {"white_box": {"accuracy": 0.1, "interval": [0.08, 0.12]}, "transfer": None,
+                             "adaptive": None, "all": None},
+              "diagnostics": {},
               "randomness": {"declared": False, "detected": False}}
     from benchmark.diagnostics import gradient_masking_flags
 

@@ -1,4 +1,5 @@
-"""End to end on the embedded default: train model A on a Fashion-MNIST subset, judge it (quick)."""
+"""End to end on the embedded default: train model A on a Fashion-MNIST subset, judge it under all
+three families (quick budget, with NAttack shortened to keep CI fast)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,32 @@ from benchmark.evaluate import EntryInfo, evaluate
 from benchmark.results import read_outcomes, read_record
 from benchmark.training import StandardRecipe, train_standard
 from tests.conftest import requires_fashion
+from tests.test_transfer import small_spec
 
 
 @requires_fashion
 @pytest.mark.slow
-def test_train_model_a_briefly_and_evaluate_it_with_the_quick_budget(tmp_path):
+def test_train_model_a_briefly_and_evaluate_it_under_all_families(tmp_path):
     recipe = StandardRecipe(architecture="mnist_a", epochs=1, max_steps=250, train_limit=16000)
     model = train_standard(recipe, tmp_path / "model", progress=False)
     defense = load("mnist_a", model.weights, num_classes=10, sha256=model.sha256)
     out = tmp_path / "A.json"
-    result = evaluate(defense, "fashion-mnist", budget="quick", out=out, progress=False,
+    spec = small_spec(n=500, nattack_n=8, nattack_max_iterations=20)
+    result = evaluate(defense, "fashion-mnist", budget="quick", out=out, progress=False, spec=spec,
                       entry=EntryInfo(name="A", architecture="mnist_a",
                                       weights={"file": model.weights.name, "sha256": model.sha256}))
     record = read_record(out)
-    assert record["n"] == 500
+    assert record["n"] == 500 and record["nattack_n"] == 8
+    assert all(status["status"] == "run" for status in record["families"].values())
     clean = record["clean"]["accuracy"]
     attacks = {name: a["accuracy"] for name, a in record["attacks"].items()}
     assert clean > 0.7, "a few hundred Adam steps reach well above 70% on Fashion-MNIST"
     assert attacks["pgd"] < clean - 0.3, "eps = 0.1 PGD breaks an undefended model"
     assert attacks["pgd"] <= attacks["fgsm"]
+    assert attacks["transfer/B/fgsm"] < clean, "examples crafted on held-out B transfer"
+    assert record["attacks"]["nattack"]["queries"]["max"] <= 1 + 20 * 300 + 2
     assert record["worst_case"]["white_box"]["accuracy"] <= attacks["pgd"]
-    assert set(read_outcomes(out)) == {"clean", *attacks}
+    assert record["worst_case"]["all"]["accuracy"] <= min(record["worst_case"]["all"]["families_on_subset"].values())
+    outcomes = read_outcomes(out)
+    assert outcomes["nattack"].n == 8 and outcomes["nattack"].queries is not None
     assert result.record["flags"]["single_step_beats_pgd"]["raised"] is False

@@ -90,7 +90,7 @@ def test_nattack_and_budgets(spec, name):
 
     full, quick = d.budget("full"), d.budget("quick")
     assert (full.n, full.nattack_n) == (10000, 500 if name == "imagenet" else 1000)
-    assert (quick.n, quick.nattack_n) == (500, 100)
+    assert (quick.n, quick.nattack_n, quick.nattack_max_iterations) == (500, 50, 50)
     assert set(d.budgets) == {"full", "quick"}
 
 
@@ -199,7 +199,7 @@ INVALID = {
         'schema = "threatbench.spec/1"', 'schema = "threatbench.spec/2"',
         ["schema", "threatbench.spec/1", "threatbench.spec/2"]),
     "nattack_n above n": (
-        "[datasets.cifar10.budgets.quick]\nn = 500\nnattack_n = 100",
+        "[datasets.cifar10.budgets.quick]\nn = 500\nnattack_n = 50",
         "[datasets.cifar10.budgets.quick]\nn = 500\nnattack_n = 501",
         ["datasets.cifar10.budgets.quick.nattack_n", "must not exceed n (500)", "501"]),
     "unknown budget": (

@@ -8,6 +8,7 @@ Every function returns images inside the eps ball and [0, 1]; `check_perturbatio
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -177,12 +178,16 @@ def _noise_shape(batch: AttackBatch) -> tuple[int, ...]:
     return tuple(batch.x.shape[1:])
 
 
+def _draws(params: AttackParams) -> int:
+    return params.draws or 1
+
+
 def _run_fgsm(defense, batch, params, eps, seed, counter):
-    return fgsm(defense, batch.x, batch.y, eps=eps, counter=counter)
+    return fgsm(defense, batch.x, batch.y, eps=eps, draws=_draws(params), counter=counter)
 
 
 def _run_step_ll(defense, batch, params, eps, seed, counter):
-    return step_ll(defense, batch.x, eps=eps, counter=counter)
+    return step_ll(defense, batch.x, eps=eps, draws=_draws(params), counter=counter)
 
 
 def _run_rand_fgsm(defense, batch, params, eps, seed, counter):
@@ -190,11 +195,12 @@ def _run_rand_fgsm(defense, batch, params, eps, seed, counter):
     least_likely = params.label == "least_likely"
     labels = least_likely_labels(defense, batch.x, counter) if least_likely else batch.y
     return rand_fgsm(defense, batch.x, labels, eps=eps, alpha=params.alpha, sign_noise=noise,
-                     least_likely=least_likely, counter=counter)
+                     least_likely=least_likely, draws=_draws(params), counter=counter)
 
 
 def _run_ifgsm(defense, batch, params, eps, seed, counter):
-    return ifgsm(defense, batch.x, batch.y, eps=eps, steps=params.steps, counter=counter)
+    return ifgsm(defense, batch.x, batch.y, eps=eps, steps=params.steps, draws=_draws(params),
+                 counter=counter)
 
 
 def _pgd_runner(stream: str) -> Callable:
@@ -204,7 +210,7 @@ def _pgd_runner(stream: str) -> Callable:
             noise = per_example_uniform(_noise_shape(batch), batch.indices, seed, stream, -eps, eps)
             noise = noise.to(batch.x.device)
         return pgd(defense, batch.x, batch.y, eps=eps, steps=params.steps, step_size=params.step_size,
-                   random_start=params.random_start, start_noise=noise, draws=params.draws or 1,
+                   random_start=params.random_start, start_noise=noise, draws=_draws(params),
                    counter=counter)
 
     return run
@@ -221,10 +227,16 @@ WHITE_BOX: dict[str, Callable] = {
 
 
 def run_white_box(name: str, defense, batch: AttackBatch, params: AttackParams, eps: float, seed: int,
-                  counter: PassCounter | None = None) -> torch.Tensor:
-    """Run registry attack `name` on a batch with the spec's parameters; verify the bounds."""
+                  counter: PassCounter | None = None, *, draws: int | None = None) -> torch.Tensor:
+    """Run registry attack `name` on a batch with the spec's parameters; verify the bounds.
+
+    `draws` overrides the number of forward passes each gradient averages (EOT for randomized
+    defenses).
+    """
     if name not in WHITE_BOX:
         raise ThreatbenchError(f"unknown attack {name!r}; white-box attacks: {', '.join(WHITE_BOX)}")
+    if draws is not None:
+        params = dataclasses.replace(params, draws=draws)
     x_adv = WHITE_BOX[name](defense, batch, params, eps, seed, counter)
     check_perturbation(batch.x, x_adv, eps, name)
     return x_adv

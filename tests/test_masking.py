@@ -1,0 +1,83 @@
+"""Constructed gradient-masked models: the flags fire and the worst case over all families lies
+far below the white-box number."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.defense import Defense
+from benchmark.evaluate import evaluate
+from tests.conftest import NoisyModel, requires_fashion
+from tests.test_transfer import small_spec
+
+pytestmark = [requires_fashion, pytest.mark.slow]
+
+
+class ScaledLogits(nn.Module):
+    """Logits x 1e4: softmax saturates, so cross-entropy gradients vanish (float32)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return 1e4 * self.model(x)
+
+
+class QuantizedInput(nn.Module):
+    """A non-differentiable input quantization (4 grey levels): the input gradient is zero."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 3) / 3)
+
+
+def _judge(model, tmp_path, randomized=False):
+    spec = small_spec(n=300, nattack_n=60, nattack_max_iterations=60)
+    return evaluate(Defense(model, 10, randomized=randomized), "fashion-mnist", budget="quick", spec=spec,
+                    out=tmp_path / "r.json", progress=False).record
+
+
+def _gap(record):
+    """How far the worst case over all families lies below the headline white-box PGD number."""
+    return record["attacks"]["pgd"]["accuracy"] - record["worst_case"]["all"]["accuracy"]
+
+
+def test_vanishing_gradients_are_caught(trained_mlp, tmp_path):
+    record = _judge(ScaledLogits(trained_mlp), tmp_path)
+    flags = record["flags"]
+    assert flags["transfer_beats_white_box"]["raised"] is True
+    assert flags["pgd_unbounded_not_zero"]["raised"] is True
+    assert record["attacks"]["pgd"]["accuracy"] > record["clean"]["accuracy"] - 0.05, "white-box is fooled"
+    assert _gap(record) > 0.3
+
+
+def test_shattered_gradients_are_caught(trained_mlp, tmp_path):
+    record = _judge(QuantizedInput(trained_mlp), tmp_path)
+    flags = record["flags"]
+    assert flags["transfer_beats_white_box"]["raised"] is True
+    assert flags["nattack_beats_white_box"]["raised"] is True
+    assert flags["pgd_unbounded_not_zero"]["raised"] is True
+    assert _gap(record) > 0.3
+
+
+def test_undeclared_noise_is_caught_and_attacked_with_eot(trained_mlp, tmp_path):
+    record = _judge(NoisyModel(trained_mlp, 0.05), tmp_path, randomized=False)
+    assert record["flags"]["randomness_undeclared"]["raised"] is True
+    assert record["randomness"]["attacked_as_randomized"] is True
+    assert "epgd" in record["attacks"]
+    assert record["worst_case"]["all"]["accuracy"] < 0.2
+
+
+def test_an_honest_model_raises_no_masking_flag(trained_mlp, tmp_path):
+    record = _judge(trained_mlp, tmp_path)
+    raised = [name for name, flag in record["flags"].items() if flag["raised"]]
+    assert raised == []
+    overall = record["worst_case"]["all"]
+    assert all(overall["accuracy"] <= accuracy for accuracy in overall["families_on_subset"].values())
+    assert overall["families_on_subset"]["white_box"] < record["clean"]["accuracy"] - 0.4, "PGD breaks an undefended model"
