@@ -57,27 +57,39 @@ def floor_step(defense, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def measure_attacks(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Tensor,
                     attacks: list[str], *, repeats: int = 5, seed: int = 0) -> tuple[float, list[PerfRow]]:
-    """Median seconds of the floor, and per attack its seconds per gradient step and ratio."""
+    """Median seconds per floor step, and per attack its seconds per gradient step and ratio.
+
+    Each attack is compared with a loop of as many floor steps as it takes gradients, timed right
+    beside it in every repeat, so that loop length and machine state are alike on both sides.
+    """
     device = x.device
     batch = AttackBatch(x=x, y=y, indices=torch.arange(x.shape[0]))
     for _ in range(2):   # warm-up: allocator, kernels, thread pools
         floor_step(defense, x, y)
-    floor_times, attack_times = [], {name: [] for name in attacks}
+    floor_times = {name: [] for name in attacks}
+    attack_times = {name: [] for name in attacks}
     for _ in range(repeats):
-        floor_times.append(_time(lambda: floor_step(defense, x, y), device))
         for name in attacks:
+            steps = gradient_steps(name, dataset)
             params = dataset.attacks[name]
+
+            def floor_loop(steps=steps):
+                for _ in range(steps):
+                    floor_step(defense, x, y)
+
+            floor_times[name].append(_time(floor_loop, device) / steps)
             seconds = _time(lambda n=name, p=params: run_white_box(n, defense, batch, p, dataset.eps, seed),
                             device)
-            attack_times[name].append(seconds / gradient_steps(name, dataset))
-    floor = statistics.median(floor_times)
+            attack_times[name].append(seconds / steps)
     rows = []
     for name in attacks:
         per_step = statistics.median(attack_times[name])
+        floor = statistics.median(floor_times[name])
         total = per_step * gradient_steps(name, dataset)
         rows.append(PerfRow(name, gradient_steps(name, dataset), per_step, per_step / floor,
                             x.shape[0] / total))
-    return floor, rows
+    overall_floor = statistics.median([t for times in floor_times.values() for t in times])
+    return overall_floor, rows
 
 
 @dataclass(frozen=True)
