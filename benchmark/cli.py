@@ -231,7 +231,7 @@ def command_transfer_matrix(args) -> int:
     from benchmark.data import load_evaluation_set
     from benchmark.defense import file_sha256, load
     from benchmark.evaluate import default_batch_size
-    from benchmark.sources import TransferCacheDir, load_held_out_sources
+    from benchmark.sources import load_held_out_sources, transfer_cache_dir
 
     spec = load_spec()
     dataset = spec.dataset(args.dataset)
@@ -251,7 +251,7 @@ def command_transfer_matrix(args) -> int:
     budget = dataset.budget(args.budget)
     eval_set = load_evaluation_set(args.dataset, budget.n, args.data_dir)
     seed = spec.seed if args.seed is None else args.seed
-    cache = TransferCache(TransferCacheDir())
+    cache = TransferCache(transfer_cache_dir())
     batch_size = default_batch_size(dataset, device)
     attacks = [args.attack] if args.attack else list(TRANSFER_ATTACKS)
     for attack in attacks:

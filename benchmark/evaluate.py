@@ -409,7 +409,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
 
 def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sources, *, seed, device,
                            batch_size):
-    from benchmark.sources import TransferCacheDir, load_held_out_sources
+    from benchmark.sources import load_held_out_sources, transfer_cache_dir
 
     if sources is None:
         sources, reason = load_held_out_sources(dataset_spec, device=device)
@@ -419,7 +419,7 @@ def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sou
     if not usable:
         return None, {"status": "not_run",
                       "reason": "every held-out source is the evaluated model itself"}, []
-    cache = TransferCache(TransferCacheDir())
+    cache = TransferCache(transfer_cache_dir())
     measurements = []
     for source in sources_with_ensemble(usable):
         for attack in TRANSFER_ATTACKS:

@@ -28,7 +28,7 @@ SOURCE_RECIPES: dict[tuple[str, str], StandardRecipe] = {
 }
 
 
-def TransferCacheDir() -> Path:   # noqa: N802  (reads as the directory it names)
+def transfer_cache_dir() -> Path:
     return cache_dir() / "transfer"
 
 
