@@ -217,3 +217,16 @@ def test_a_defense_for_another_number_of_classes_is_refused(trained_mlp, tmp_pat
 def test_bitmask_round_trip():
     values = np.random.default_rng(0).random(37) > 0.5
     assert np.array_equal(decode_bits(results_module.encode_bits(values), 37), values)
+
+
+class _UnnormalizedScores(Defense):
+    """A randomized defense that returns vote counts instead of a distribution."""
+
+    def scores(self, x):
+        return 8 * super().scores(x)
+
+
+def test_randomized_scores_that_do_not_sum_to_one_are_refused(trained_mlp, tmp_path):
+    defense = _UnnormalizedScores(NoisyModel(trained_mlp, 0.05), 10, randomized=True, name="votes")
+    with pytest.raises(DefenseOutputError, match="row sums range from 8"):
+        _evaluate(defense, tmp_path)
