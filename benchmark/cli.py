@@ -167,9 +167,10 @@ def command_evaluate(args) -> int:
 
 
 def command_run(args) -> int:
+    from benchmark.cache import cache_dir
     from benchmark.defense import load
     from benchmark.evaluate import EntryInfo, evaluate
-    from benchmark.training import StandardRecipe, cache_dir, train_standard
+    from benchmark.training import StandardRecipe, train_standard
 
     spec = load_spec()
     device = _pick_device(args.device)
@@ -199,8 +200,9 @@ def command_run(args) -> int:
 
 
 def command_train_source(args) -> int:
+    from benchmark.cache import cache_dir
     from benchmark.sources import source_recipe
-    from benchmark.training import cache_dir, train_standard
+    from benchmark.training import train_standard
 
     recipe = source_recipe(args.dataset, args.name)
     out_dir = Path(args.out) if args.out else cache_dir() / "sources" / args.dataset / recipe.name()
@@ -273,11 +275,12 @@ def command_perf(args) -> int:
     import tempfile
 
     from benchmark.attacks.transfer import TransferSource
+    from benchmark.cache import cache_dir
     from benchmark.data import load_evaluation_set
     from benchmark.defense import load
     from benchmark.perf import measure_attacks, measure_nattack, measure_transfer_cache
     from benchmark.sources import load_held_out_sources
-    from benchmark.training import StandardRecipe, cache_dir
+    from benchmark.training import StandardRecipe
 
     spec = load_spec()
     dataset = spec.dataset("fashion-mnist")

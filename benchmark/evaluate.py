@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from benchmark.attacks.transfer import (
     TransferSource,
     sources_with_ensemble,
 )
+from benchmark.batches import iterate_batches
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
 from benchmark.diagnostics import gradient_masking_flags
@@ -48,6 +49,7 @@ from benchmark.results import (
     examples_path,
     write_result,
 )
+from benchmark.sources import load_held_out_sources, transfer_cache_dir
 from benchmark.spec import Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
@@ -113,17 +115,6 @@ def nattack_batch_size(dataset: DatasetSpec, device: torch.device) -> int:
     population_pixels = dataset.nattack.population * int(np.prod(dataset.input_shape))
     budget = 200_000_000 if device.type == "cuda" else 8_000_000
     return int(max(1, min(64, budget // population_pixels)))
-
-
-def iterate_batches(eval_set, start: int, batch_size: int, device: torch.device,
-                    stop: int | None = None) -> Iterator[AttackBatch]:
-    stop = len(eval_set) if stop is None else min(stop, len(eval_set))
-    for batch_start in range(start, stop, batch_size):
-        batch_stop = min(batch_start + batch_size, stop)
-        items = [eval_set[i] for i in range(batch_start, batch_stop)]
-        x = torch.stack([item[0] for item in items]).to(device)
-        y = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long, device=device)
-        yield AttackBatch(x=x, y=y, indices=torch.arange(batch_start, batch_stop))
 
 
 # ---------------------------------------------------------------- measurements
@@ -424,8 +415,6 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
 
 def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sources, *, seed, device,
                            batch_size):
-    from benchmark.sources import load_held_out_sources, transfer_cache_dir
-
     if sources is None:
         sources, reason = load_held_out_sources(dataset_spec, device=device)
         if not sources:

@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from benchmark.architectures import build
-from benchmark.cache import cache_dir  # noqa: F401  (re-exported for callers)
 from benchmark.data import load_training_tensors
 from benchmark.defense import file_sha256
 from benchmark.randomness import derive_seed

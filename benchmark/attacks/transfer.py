@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from benchmark.attacks.gradient import AttackBatch, check_perturbation, run_white_box
+from benchmark.batches import iterate_batches
 from benchmark.defense import Defense
 from benchmark.spec import DatasetSpec
 
@@ -135,8 +136,6 @@ class CraftedExamples:
         return x_adv
 
     def _craft(self, chunk_start: int, chunk_stop: int) -> torch.Tensor:
-        from benchmark.evaluate import iterate_batches  # local: evaluate imports this module
-
         started = time.perf_counter()
         defense = self.source.defense.to(self.device)
         params = self.dataset.attacks[self.attack]
@@ -175,8 +174,6 @@ def transfer_matrix(models: list[TransferSource], attack: str, eval_set, dataset
 
     The diagonal is white-box (crafted on the model itself), as in Tramer et al., Table 1.
     """
-    from benchmark.evaluate import iterate_batches  # local: evaluate imports this module
-
     errors = [[0.0] * len(models) for _ in models]
     for row, source in enumerate(models):
         crafted = CraftedExamples(source, attack, eval_set, dataset, seed=seed, spec_sha256=spec_sha256,
