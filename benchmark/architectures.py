@@ -6,6 +6,7 @@ expects, so that every defense receives un-normalized pixels. Weight files hold 
 
 MNIST A-D follow Tramer et al. 2017, Table 6, with the exact layers of their code (Keras defaults:
 'valid' padding, stride 1). `timm:<name>` builds any timm model without downloading weights.
+`pni:<name>` / `cni:<name>` add PNI-W / CNI-W weight noise to any of them (`noise_injection.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ArchitectureError
+from benchmark.noise_injection import inject_noise
 
 
 class ImageClassifier(nn.Module):
@@ -182,10 +184,12 @@ _CIFAR_FAMILY: dict[str, Callable[[int], nn.Module]] = {
     "wrn34_10": lambda n: WideResNet(34, 10, n),
 }
 TIMM_PREFIX = "timm:"
+NOISE_PREFIXES = ("pni:", "cni:")   # weight-noise twins of any name above (benchmark.noise_injection)
 
 
 def registry_names() -> list[str]:
-    return [*_MNIST_FAMILY, *_CIFAR_FAMILY, f"{TIMM_PREFIX}<any timm model name>"]
+    return [*_MNIST_FAMILY, *_CIFAR_FAMILY, f"{TIMM_PREFIX}<any timm model name>",
+            *(f"{prefix}<any name above>" for prefix in NOISE_PREFIXES)]
 
 
 def _build_timm(model_name: str, num_classes: int) -> ImageClassifier:
@@ -212,6 +216,11 @@ def build(name: str, num_classes: int, *, in_channels: int = 1) -> ImageClassifi
         return ImageClassifier(_CIFAR_FAMILY[name](num_classes), CIFAR10_MEAN, CIFAR10_STD)
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
         return _build_timm(name[len(TIMM_PREFIX):], num_classes)
+    if name.startswith(NOISE_PREFIXES):
+        kind, base = name.split(":", 1)
+        classifier = build(base, num_classes, in_channels=in_channels)
+        inject_noise(classifier.network, kind)
+        return classifier
     raise ArchitectureError(
         f"unknown architecture {name!r}; choose one of: {', '.join(registry_names())}"
     )

@@ -131,10 +131,11 @@ def format_spec(spec: Spec, dataset: str | None = None) -> str:
 # ---------------------------------------------------------------- commands
 
 
-def _default_out(dataset: str, entry_name: str, budget: str) -> Path:
-    """./threatbench-results/<dataset>/<entry>-<budget>.json (the directory is created)."""
+def _default_out(dataset: str, entry_name: str, budget: str,
+                 root: Path = Path("threatbench-results")) -> Path:
+    """<root>/<dataset>/<entry>-<budget>.json (the directory is created)."""
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry_name)
-    out = Path("threatbench-results") / dataset / f"{safe_name}-{budget}.json"
+    out = root / dataset / f"{safe_name}-{budget}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -166,36 +167,118 @@ def command_evaluate(args) -> int:
     return 0
 
 
+def _run_budget(args, device: torch.device) -> tuple[str, str]:
+    if args.budget:
+        return args.budget, "--budget"
+    if device.type == "cuda":
+        return "full", "a GPU is available"
+    return "quick", "no GPU found: the full budget takes hours per entry on a CPU; --budget full forces it"
+
+
+def _zoo_entry_info(entry):
+    from benchmark.evaluate import EntryInfo
+
+    smoothing = None if entry.smoothing is None else {
+        "samples": entry.smoothing.samples, "sigma": entry.smoothing.sigma, "vote": entry.smoothing.vote}
+    return EntryInfo(name=entry.name, kind="baseline", architecture=entry.architecture,
+                     weights={"file": entry.weights.name, "sha256": entry.sha256},
+                     paper=entry.paper or None, smoothing=smoothing,
+                     recipe={"file": entry.recipe, "sha256": entry.recipe_sha256, "epoch": entry.epoch})
+
+
+def _worst(record, family: str) -> str:
+    worst = record["worst_case"].get(family)
+    return "n/a" if not worst else _percent(worst["accuracy"])
+
+
+def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
+    rows = []
+    for record in records:
+        adaptive = record["attacks"].get("nattack")
+        rows.append([record["entry"]["name"], _percent(record["clean"]["accuracy"]),
+                     _worst(record, "white_box"), _worst(record, "transfer"),
+                     "n/a" if adaptive is None else
+                     f"{_percent(adaptive['accuracy'])} ({adaptive['queries']['median']:g} q)",
+                     _worst(record, "all"), ", ".join(record.get("flags", [])) or "-"])
+    return rows
+
+
 def command_run(args) -> int:
-    from benchmark.cache import cache_dir
-    from benchmark.defense import load
-    from benchmark.evaluate import EntryInfo, evaluate
-    from benchmark.training import StandardRecipe, train_standard
+    from baselines.zoo import check_recipe, entry_defense, load_zoo
+    from benchmark.evaluate import evaluate
 
     spec = load_spec()
     device = _pick_device(args.device)
-    budget = args.budget or ("full" if device.type == "cuda" else "quick")
-    reason = "a GPU is available" if device.type == "cuda" else "no GPU found"
-    if args.budget:
-        reason = "--budget"
-    recipe = StandardRecipe()
-    model_dir = cache_dir() / "models" / recipe.dataset / recipe.name()
-    print(f"threatbench run: standard model A on {recipe.dataset} ({recipe.epochs} epochs, seed "
-          f"{recipe.seed}), cached in {model_dir}")
-    trained = train_standard(recipe, model_dir, data_dir=args.data_dir, progress=not args.no_progress)
-    print(f"weights sha256 {trained.sha256}")
-    print(f"budget: {budget} ({reason})")
-    dataset = spec.dataset(recipe.dataset)
-    defense = load(recipe.architecture, trained.weights, num_classes=dataset.num_classes,
-                   sha256=trained.sha256, device=device, name="A (standard)")
-    entry = EntryInfo(name="A", kind="baseline", architecture=recipe.architecture,
-                      weights={"file": trained.weights.name, "sha256": trained.sha256},
-                      paper="https://arxiv.org/abs/1705.07204")
-    out = args.out or _default_out(recipe.dataset, entry.name, budget)
-    result = evaluate(defense, recipe.dataset, budget=budget, seed=args.seed, out=out, device=device,
-                      data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress)
-    print(format_result(result))
-    print(f"\nrecord written to {out}")
+    budget, reason = _run_budget(args, device)
+    zoo = load_zoo(args.dataset)
+    names = [n.strip() for n in args.entries.split(",")] if args.entries else zoo.names()
+    entries = [zoo.entry(name) for name in names]
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    dataset = spec.dataset(zoo.dataset)
+    print(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
+          f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes")
+    records = []
+    for entry in entries:
+        check_recipe(entry)
+        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
+                                device=device)
+        out = _default_out(zoo.dataset, entry.name, budget, Path(args.out_dir))
+        print(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
+        result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
+                          data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
+                          progress=not args.no_progress, families=families)
+        print(format_result(result))
+        records.append(result.record)
+    print(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
+    print(tabulate(zoo_summary_rows(records), tablefmt="github",
+                   headers=["entry", "clean", "white-box", "transfer", "NAttack (median queries)",
+                            "all families", "flags"]))
+    return 0
+
+
+def command_zoo_export(args) -> int:
+    from baselines.recipes import load_recipe
+    from baselines.train import train_recipe
+    from baselines.zoo import export_entry
+
+    recipe = load_recipe(args.recipe)
+    run = train_recipe(recipe, progress=not args.no_progress)   # returns at once when already trained
+    entry = export_entry(run, name=args.name or recipe.name, role=args.role, epoch=args.epoch,
+                         storage=args.storage, paper=args.paper or "")
+    print(f"zoo entry {entry['name']}: {entry['weights']} (sha256 {entry['sha256']}, epoch "
+          f"{entry['epoch']}, {entry['storage']})")
+    return 0
+
+
+def command_train(args) -> int:
+    # The CLI is the front-end, not the judge: only these commands reach into baselines/.
+    from baselines.recipes import load_recipe
+    from baselines.train import train_recipe
+
+    device = _pick_device(args.device)
+    recipe = load_recipe(args.recipe)
+    print(f"training {recipe.name} ({recipe.trainer}, {recipe.architecture}) on {recipe.dataset} "
+          f"for {recipe.epochs} epochs; recipe sha256 {recipe.sha256}")
+    run = train_recipe(recipe, Path(args.out) if args.out else None, data_dir=args.data_dir,
+                       progress=not args.no_progress, device=device)
+    print(f"weights: {run.final.path}")
+    print(f"sha256:  {run.final.sha256}")
+    for epoch, snapshot in sorted(run.snapshots.items()):
+        print(f"after epoch {epoch}: {snapshot.path} (sha256 {snapshot.sha256})")
+    return 0
+
+
+def command_reproduce(args) -> int:
+    from baselines.reproduction import evaluate_plan, write_page
+
+    budget = args.budget
+    if args.evaluate:
+        device = _pick_device(args.device)
+        only = [n.strip() for n in args.only.split(",")] if args.only else None
+        evaluate_plan(args.dataset, budget=budget, device=device, data_dir=args.data_dir,
+                      progress=not args.no_progress, only=only)
+    path = write_page(args.dataset, budget)
+    print(f"reproduction page written to {path}")
     return 0
 
 
@@ -275,18 +358,17 @@ def command_perf(args) -> int:
     import tempfile
 
     from benchmark.attacks.transfer import TransferSource
-    from benchmark.cache import cache_dir
     from benchmark.data import load_evaluation_set
     from benchmark.defense import load
     from benchmark.perf import measure_attacks, measure_nattack, measure_transfer_cache
     from benchmark.sources import load_held_out_sources
-    from benchmark.training import StandardRecipe
+    from benchmark.training import StandardRecipe, standard_model_dir
 
     spec = load_spec()
     dataset = spec.dataset("fashion-mnist")
     device = _pick_device(args.device)
     recipe = StandardRecipe()
-    weights = cache_dir() / "models" / recipe.dataset / recipe.name() / "weights.safetensors"
+    weights = standard_model_dir(recipe) / "weights.safetensors"
     defense = load("mnist_a", weights if weights.is_file() else None, num_classes=10, device=device)
     eval_set = load_evaluation_set("fashion-mnist", args.batch_size, args.data_dir)
     x = torch.stack([eval_set[i][0] for i in range(args.batch_size)]).to(device)
@@ -339,10 +421,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="threatbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = commands.add_parser("run", help="train (once) and judge standard model A on Fashion-MNIST")
-    _add_common(run)
+    run = commands.add_parser("run", help="judge the baseline zoo (default: Fashion-MNIST) and print "
+                              "the table")
+    run.add_argument("--dataset", default="fashion-mnist", help="whose zoo (baselines/zoo/<dataset>.toml)")
+    run.add_argument("--entries", help="comma-separated zoo entries (default: all)")
     run.add_argument("--budget", choices=["quick", "full"], help="default: full on a GPU, else quick")
+    run.add_argument("--families", default="white_box,transfer,adaptive",
+                     help="comma-separated subset of white_box,transfer,adaptive")
+    run.add_argument("--out-dir", default="threatbench-results",
+                     help="records go to <out-dir>/<dataset>/<entry>-<budget>.json")
+    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    run.add_argument("--seed", type=int, help="default: the spec's seed")
+    run.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=command_run)
+
+    zoo = commands.add_parser("zoo", help="manage the baseline zoo")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
+    export = zoo_commands.add_parser("export", help="copy a trained recipe's weights into the zoo")
+    export.add_argument("recipe", help="recipe file, or a path under baselines/recipes/")
+    export.add_argument("--name", help="entry name (default: the recipe's name)")
+    export.add_argument("--role", choices=["defense", "undefended", "static"], default="defense")
+    export.add_argument("--epoch", type=int, help="a saved epoch (save_epochs) instead of the final one")
+    export.add_argument("--storage", choices=["float32", "float16"], default="float16")
+    export.add_argument("--paper", help="URL of the paper the baseline follows")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    export.set_defaults(handler=command_zoo_export)
 
     evaluate = commands.add_parser("evaluate", help="judge a checkpoint under the spec")
     evaluate.add_argument("--dataset", required=True)
@@ -364,6 +468,27 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--dataset")
     spec.add_argument("--spec", help="spec file (default: the packaged v1)")
     spec.set_defaults(handler=command_spec)
+
+    train = commands.add_parser("train", help="train a baseline defense from its recipe "
+                                "(baselines/recipes/<dataset>/<name>.toml)")
+    train.add_argument("recipe", help="recipe file, or a path under baselines/recipes/")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    train.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
+    train.add_argument("--out", help="run directory (default: the cache, keyed by the recipe's sha256)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=command_train)
+
+    reproduce = commands.add_parser("reproduce", help="check the papers' claims on our baselines and "
+                                    "write leaderboard/reproductions/<dataset>.md")
+    reproduce.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist"])
+    reproduce.add_argument("--budget", choices=["quick", "full"], default="quick")
+    reproduce.add_argument("--evaluate", action="store_true",
+                           help="measure what has no record yet (else only render the page)")
+    reproduce.add_argument("--only", help="comma-separated planned models / sweeps to measure")
+    reproduce.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    reproduce.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
+    reproduce.add_argument("--no-progress", action="store_true", help="no progress bars")
+    reproduce.set_defaults(handler=command_reproduce)
 
     train_source = commands.add_parser("train-source", help="train one of the judge's held-out sources")
     train_source.add_argument("--dataset", required=True)

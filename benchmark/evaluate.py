@@ -67,6 +67,8 @@ class EntryInfo:
     architecture: str | None = None
     weights: dict[str, Any] | None = None   # {"file": ..., "sha256": ...} or Hub repo + revision
     paper: str | None = None
+    recipe: dict[str, Any] | None = None      # {"file": ..., "sha256": ..., "epoch": ...} for baselines
+    smoothing: dict[str, Any] | None = None   # {"samples", "sigma", "vote"} for smoothed inference
 
 
 @dataclass

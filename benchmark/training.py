@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int) -> None:
+def save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
     tensors.update(_optimizer_tensors(optimizer))
     temporary = path.with_suffix(".tmp")
@@ -79,7 +80,7 @@ def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int
     os.replace(temporary, path)
 
 
-def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer) -> int:
+def load_checkpoint(path: Path, network: torch.nn.Module, optimizer) -> int:
     tensors = load_file(str(path))
     network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     _restore_optimizer(optimizer, tensors)
@@ -89,28 +90,46 @@ def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer) -> int:
         return int(handle.metadata()["epoch"])
 
 
-def train_epoch(network, optimizer, x, y, recipe: StandardRecipe, epoch: int, steps_done: int,
-                progress: bool) -> int:
-    network.train()
-    torch.manual_seed(derive_seed(recipe.seed, "dropout", epoch))
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+              y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+              seed: int, epoch: int, epochs: int, batch_size: int, steps_done: int,
+              max_steps: int | None = None, clip_grad_norm: float = 0.0, progress: bool = True,
+              device: str | torch.device = "cpu") -> int:
+    """One pass over (x, y) in the order of (seed, epoch); returns the number of steps done so far.
+
+    Dropout (and any model noise) draws from torch's global generator, seeded here per epoch, so a
+    run resumed from an epoch checkpoint continues exactly as an uninterrupted one.
+    """
+    model.train()
+    torch.manual_seed(derive_seed(seed, "dropout", epoch))
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
-        derive_seed(recipe.seed, "order", epoch)))
-    batches = range(0, len(x), recipe.batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch", disable=not progress,
+        derive_seed(seed, "order", epoch)))
+    batches = range(0, len(x), batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
                leave=False)
     for start in bar:
-        if recipe.max_steps is not None and steps_done >= recipe.max_steps:
+        if max_steps is not None and steps_done >= max_steps:
             break
-        index = order[start:start + recipe.batch_size]
-        loss = F.cross_entropy(network(x[index]), y[index])
+        index = order[start:start + batch_size]
+        loss = loss_fn(x[index].to(device), y[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         steps_done += 1
         if steps_done % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return steps_done
+
+
+def train_epoch(network, optimizer, x, y, recipe: StandardRecipe, epoch: int, steps_done: int,
+                progress: bool) -> int:
+    return run_epoch(network, optimizer, x, y, lambda xb, yb: F.cross_entropy(network(xb), yb),
+                     seed=recipe.seed, epoch=epoch, epochs=recipe.epochs,
+                     batch_size=recipe.batch_size, steps_done=steps_done,
+                     max_steps=recipe.max_steps, progress=progress)
 
 
 def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, progress: bool = True,
@@ -126,12 +145,12 @@ def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, prog
     network = build(recipe.architecture, int(y.max()) + 1, in_channels=x.shape[1]).network
     optimizer = torch.optim.Adam(network.parameters(), lr=recipe.learning_rate)
     checkpoint = out_dir / "checkpoint.safetensors"
-    first_epoch = _load_checkpoint(checkpoint, network, optimizer) if checkpoint.is_file() else 0
+    first_epoch = load_checkpoint(checkpoint, network, optimizer) if checkpoint.is_file() else 0
     steps_per_epoch = -(-len(x) // recipe.batch_size)
     steps_done = first_epoch * steps_per_epoch
     for epoch in range(first_epoch, recipe.epochs):
         steps_done = train_epoch(network, optimizer, x, y, recipe, epoch, steps_done, progress)
-        _save_checkpoint(checkpoint, network, optimizer, epoch + 1)
+        save_checkpoint(checkpoint, network, optimizer, epoch + 1)
         if recipe.max_steps is not None and steps_done >= recipe.max_steps:
             break
 
@@ -141,6 +160,13 @@ def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, prog
     atomic_write_json(card, _model_card(recipe, sha256, steps_done))
     checkpoint.unlink(missing_ok=True)
     return TrainedModel(weights, sha256, recipe)
+
+
+def standard_model_dir(recipe: StandardRecipe) -> Path:
+    """Where the cache keeps a standard recipe's model (the quick-start model, static models)."""
+    from benchmark.cache import cache_dir
+
+    return cache_dir() / "models" / recipe.dataset / recipe.name()
 
 
 def _model_card(recipe: StandardRecipe, sha256: str, steps: int) -> dict[str, Any]:

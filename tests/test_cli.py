@@ -106,3 +106,25 @@ def test_perf_prints_ratios_to_the_floor(capsys):
         assert attack in out
     assert "nattack:" in out and "queries/s" in out
     assert "transfer (pgd crafted on held-out B" in out and "1 chunk hit" in out
+
+
+@requires_fashion
+def test_run_judges_the_chosen_zoo_entries_and_prints_the_table(tmp_path, capsys):
+    from benchmark.cli import main
+
+    code = main(["run", "--entries", "D", "--families", "white_box", "--out-dir", str(tmp_path),
+                 "--no-progress", "--device", "cpu"])
+    output = capsys.readouterr().out
+    assert code == 0
+    assert "budget quick (no GPU found" in output or "budget quick (--budget)" in output
+    record = (tmp_path / "fashion-mnist" / "D-quick.json").read_text()
+    assert '"name": "D"' in record and '"recipe"' in record
+    summary = output.split("the fashion-mnist zoo")[1]
+    assert "| D " in summary
+
+
+def test_run_refuses_an_unknown_zoo_entry(capsys):
+    from benchmark.cli import main
+
+    assert main(["run", "--entries", "Z", "--no-progress"]) == 2
+    assert "no entry 'Z'" in capsys.readouterr().err

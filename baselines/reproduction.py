@@ -1,0 +1,390 @@
+"""The Fashion-MNIST reproduction page: the papers' claims, checked on our own measured records.
+
+`evaluate_plan` measures what the claims need (resumable records under
+`leaderboard/reproductions/records/<dataset>/`); `render_page` turns those records into
+`leaderboard/reproductions/<dataset>.md`, deterministically. A claim is judged with 95% Wilson
+intervals: "reproduced" needs non-overlapping intervals in the claimed direction; a claim that
+does not reproduce is shown with its numbers, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baselines.recipes import load_recipe
+from baselines.train import train_recipe
+from baselines.zoo import ZooEntry, entry_defense, load_zoo
+from benchmark.defense import load as load_defense
+from benchmark.results import atomic_write_text
+from benchmark.stats import intervals_overlap, significantly_greater
+
+LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
+REPRODUCED, DIRECTION_ONLY, NOT_REPRODUCED, NOT_MEASURED = (
+    "reproduced", "same direction, not significant", "not reproduced", "not measured")
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """A model the claims need: a zoo entry, or a recipe's weights after some epoch (not in the zoo)."""
+
+    name: str
+    families: tuple[str, ...] = ("white_box", "transfer")
+    zoo_entry: str | None = None
+    recipe: str | None = None
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class PlannedSweep:
+    model: str                       # a zoo entry with weight noise
+    samples: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    sigma: float = 0.0
+    vote: str = "prediction"
+    n: int = 300
+
+
+FASHION_PLAN = (
+    PlannedModel("A", zoo_entry="A"),
+    PlannedModel("A_adv", zoo_entry="A_adv"),
+    PlannedModel("A_adv-ens", zoo_entry="A_adv-ens"),
+    PlannedModel("A_adv@12", recipe="fashion-mnist/A_adv.toml", epoch=12),
+    PlannedModel("A_adv-ens@12", recipe="fashion-mnist/A_adv-ens.toml", epoch=12),
+    PlannedModel("A_adv-true-label", families=("white_box",), recipe="fashion-mnist/A_adv-true-label.toml"),
+    PlannedModel("A_trades", families=("white_box",), zoo_entry="A_trades"),
+    PlannedModel("A_pni", families=("white_box",), zoo_entry="A_pni"),
+    PlannedModel("A_cni", families=("white_box",), zoo_entry="A_cni"),
+    PlannedModel("C", families=("white_box",), zoo_entry="C"),
+    PlannedModel("D", families=("white_box",), zoo_entry="D"),
+)
+FASHION_SWEEPS = (PlannedSweep("A_pni"), PlannedSweep("A_cni"))
+PLANS = {"fashion-mnist": (FASHION_PLAN, FASHION_SWEEPS)}
+
+
+def records_dir(dataset: str) -> Path:
+    return LEADERBOARD_DIR / "reproductions" / "records" / dataset
+
+
+def page_path(dataset: str) -> Path:
+    return LEADERBOARD_DIR / "reproductions" / f"{dataset}.md"
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device):
+    """The defense and the record's entry fields for one planned model."""
+    from benchmark.evaluate import EntryInfo
+
+    if model.zoo_entry is not None:
+        entry = load_zoo(dataset).entry(model.zoo_entry)
+        info = EntryInfo(name=model.name, kind="baseline", architecture=entry.architecture,
+                         weights={"file": entry.weights.name, "sha256": entry.sha256},
+                         paper=entry.paper or None,
+                         recipe={"file": entry.recipe, "sha256": entry.recipe_sha256, "epoch": entry.epoch})
+        return entry_defense(entry, num_classes, device=device), info
+    recipe = load_recipe(model.recipe)
+    weights = train_recipe(recipe, progress=False).weights_at(model.epoch)   # cached when trained
+    defense = load_defense(recipe.architecture, weights.path, num_classes=num_classes,
+                           sha256=weights.sha256, device=device, name=model.name)
+    info = EntryInfo(name=model.name, kind="reproduction", architecture=recipe.architecture,
+                     weights={"file": f"{recipe.run_name()}/{weights.path.name}", "sha256": weights.sha256},
+                     recipe={"file": model.recipe, "sha256": recipe.sha256, "epoch": weights.epoch})
+    return defense, info
+
+
+def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress: bool = True,
+                  only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+    """Measure every planned model and sweep that has no record yet (records resume mid-way)."""
+    from benchmark.evaluate import evaluate
+    from benchmark.spec import load_spec
+    from benchmark.sweeps import smoothing_sweep
+
+    spec = load_spec()
+    num_classes = spec.dataset(dataset).num_classes
+    models, sweeps = PLANS[dataset]
+    out_dir = records_dir(dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        if only and model.name not in only:
+            continue
+        defense, info = _planned_defense(model, dataset, num_classes, device)
+        log(f"== {model.name}: {', '.join(model.families)} ({budget} budget)")
+        evaluate(defense, dataset, budget=budget, out=out_dir / f"{model.name}-{budget}.json",
+                 device=device, data_dir=data_dir, entry=info, spec=spec, progress=progress,
+                 families=model.families)
+    zoo = load_zoo(dataset)
+    for sweep in sweeps:
+        if only and f"{sweep.model}-smoothing" not in only:
+            continue
+        out = out_dir / f"{sweep.model}-smoothing-{budget}.json"
+        if out.is_file():
+            continue
+        entry: ZooEntry = zoo.entry(sweep.model)
+        base = entry_defense(entry, num_classes, device=device)
+        log(f"== {sweep.model}: smoothing sweep over m = {list(sweep.samples)} (n = {sweep.n})")
+        smoothing_sweep(base.model, dataset=dataset, spec=spec, sigma=sweep.sigma, vote=sweep.vote,
+                        samples=list(sweep.samples), n=sweep.n, out=out, data_dir=data_dir,
+                        device=device, progress=progress,
+                        entry={"name": sweep.model, "architecture": entry.architecture,
+                               "weights": {"file": entry.weights.name, "sha256": entry.sha256}})
+
+
+# ---------------------------------------------------------------- judging the claims
+
+
+@dataclass
+class Measured:
+    """One measured accuracy, as the page shows it."""
+
+    model: str
+    measurement: str
+    accuracy: float
+    interval: tuple[float, float]
+    n: int
+
+    def cell(self) -> str:
+        low, high = self.interval
+        return f"{100 * self.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+@dataclass
+class ClaimOutcome:
+    key: str
+    claim: str
+    source: str
+    verdict: str
+    explanation: str
+    rows: list[list[str]] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+
+
+def _measured(records: dict[str, dict], model: str, measurement: str) -> Measured | None:
+    record = records.get(model)
+    if record is None:
+        return None
+    if measurement == "clean":
+        summary = record["clean"]
+    else:
+        summary = record["attacks"].get(measurement)
+        if summary is None:
+            return None
+    return Measured(model, measurement, summary["accuracy"], tuple(summary["interval"]), summary["n"])
+
+
+def _verdict_greater(high: Measured, low: Measured) -> str:
+    """`high` is claimed to be above `low`."""
+    if significantly_greater(high.interval, low.interval):
+        return REPRODUCED
+    if high.accuracy > low.accuracy and intervals_overlap(high.interval, low.interval):
+        return DIRECTION_ONLY
+    return NOT_REPRODUCED
+
+
+def _combine(verdicts: list[str]) -> str:
+    if not verdicts or NOT_MEASURED in verdicts and len(set(verdicts)) == 1:
+        return NOT_MEASURED
+    if all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    if all(v in (REPRODUCED, DIRECTION_ONLY) for v in verdicts):
+        return DIRECTION_ONLY
+    if any(v == REPRODUCED for v in verdicts):
+        return "partly reproduced"
+    return NOT_REPRODUCED
+
+
+def claim_white_box_vs_transfer(records) -> ClaimOutcome:
+    outcome = ClaimOutcome(
+        "a", "A_adv is far more robust to white-box FGSM than to FGSM transferred from the held-out B.",
+        "Tramer et al. 2018, Table 1", NOT_MEASURED, "", headers=["model", "white-box FGSM", "FGSM from B", "verdict"])
+    white, transfer = _measured(records, "A_adv", "fgsm"), _measured(records, "A_adv", "transfer/B/fgsm")
+    if white is None or transfer is None:
+        outcome.explanation = "A_adv has no record with both the white-box and the transfer family yet."
+        return outcome
+    outcome.verdict = _verdict_greater(white, transfer)
+    outcome.rows.append(["A_adv", white.cell(), transfer.cell(), outcome.verdict])
+    for model in ("A", "A_adv-ens"):
+        w, t = _measured(records, model, "fgsm"), _measured(records, model, "transfer/B/fgsm")
+        if w is not None and t is not None:
+            outcome.rows.append([model, w.cell(), t.cell(), "context"])
+    outcome.explanation = (f"White-box FGSM leaves A_adv {100 * white.accuracy:.1f}% accuracy, FGSM "
+                           f"crafted on B {100 * transfer.accuracy:.1f}%: the single-step white-box "
+                           "number overstates robustness when it is the higher one (gradient masking).")
+    return outcome
+
+
+def claim_rand_fgsm(records) -> ClaimOutcome:
+    outcome = ClaimOutcome(
+        "b", "RAND+FGSM beats FGSM (lower accuracy) on every model, most of all on A_adv.",
+        "Tramer et al. 2018, Table 2", NOT_MEASURED, "",
+        headers=["model", "FGSM", "RAND+FGSM", "FGSM - RAND+FGSM (points)", "verdict"])
+    gaps, verdicts = {}, []
+    for model in sorted(records):
+        fgsm, rand = _measured(records, model, "fgsm"), _measured(records, model, "rand_fgsm")
+        if fgsm is None or rand is None:
+            continue
+        verdict = _verdict_greater(fgsm, rand)
+        gaps[model] = fgsm.accuracy - rand.accuracy
+        verdicts.append(verdict)
+        outcome.rows.append([model, fgsm.cell(), rand.cell(), f"{100 * gaps[model]:+.1f}", verdict])
+    if not gaps:
+        outcome.explanation = "No white-box records yet."
+        return outcome
+    largest = max(gaps, key=lambda m: (gaps[m], m))
+    most_on_adv = largest == "A_adv"
+    outcome.verdict = _combine(verdicts + ([REPRODUCED] if most_on_adv else [NOT_REPRODUCED]))
+    outcome.explanation = (f"RAND+FGSM is significantly stronger on {verdicts.count(REPRODUCED)} of "
+                           f"{len(verdicts)} models; the largest gap is on {largest} "
+                           f"({100 * gaps[largest]:.1f} points)"
+                           + ("" if most_on_adv else f", not on A_adv ({100 * gaps.get('A_adv', float('nan')):.1f} points)")
+                           + ".")
+    return outcome
+
+
+def claim_ensemble_transfer(records) -> ClaimOutcome:
+    outcome = ClaimOutcome(
+        "c", "A_adv-ens beats A_adv on FGSM, I-FGSM and RAND+FGSM transferred from B, at 6 and 12 epochs.",
+        "Tramer et al. 2018, Table 4", NOT_MEASURED, "",
+        headers=["epochs", "attack from B", "A_adv", "A_adv-ens", "verdict"])
+    verdicts = []
+    for epochs, suffix in ((6, ""), (12, "@12")):
+        for attack in ("fgsm", "ifgsm", "rand_fgsm"):
+            name = f"transfer/B/{attack}"
+            adv, ens = _measured(records, f"A_adv{suffix}", name), _measured(records, f"A_adv-ens{suffix}", name)
+            if adv is None or ens is None:
+                verdicts.append(NOT_MEASURED)
+                outcome.rows.append([str(epochs), attack, "-" if adv is None else adv.cell(),
+                                     "-" if ens is None else ens.cell(), NOT_MEASURED])
+                continue
+            verdict = _verdict_greater(ens, adv)
+            verdicts.append(verdict)
+            outcome.rows.append([str(epochs), attack, adv.cell(), ens.cell(), verdict])
+    measured = [v for v in verdicts if v != NOT_MEASURED]
+    outcome.verdict = _combine(measured) if measured else NOT_MEASURED
+    outcome.explanation = (f"{measured.count(REPRODUCED)} of {len(verdicts)} comparisons favour A_adv-ens "
+                           f"significantly; {len(verdicts) - len(measured)} not measured.")
+    return outcome
+
+
+def claim_label_leaking(records) -> ClaimOutcome:
+    outcome = ClaimOutcome(
+        "d", "Label leaking: a model trained on true-label FGSM is more accurate on true-label FGSM "
+        "examples than on clean ones.", "Kurakin et al. 2017, §4.3", NOT_MEASURED, "",
+        headers=["model", "FGSM label in training", "clean", "white-box FGSM (true label)", "verdict"])
+    leaky, clean = _measured(records, "A_adv-true-label", "fgsm"), _measured(records, "A_adv-true-label", "clean")
+    if leaky is None or clean is None:
+        outcome.explanation = "A_adv-true-label has no white-box record yet."
+        return outcome
+    outcome.verdict = _verdict_greater(leaky, clean)
+    outcome.rows.append(["A_adv-true-label", "true", clean.cell(), leaky.cell(), outcome.verdict])
+    control_fgsm, control_clean = _measured(records, "A_adv", "fgsm"), _measured(records, "A_adv", "clean")
+    if control_fgsm is not None and control_clean is not None:
+        outcome.rows.append(["A_adv", "predicted", control_clean.cell(), control_fgsm.cell(), "control"])
+    outcome.explanation = (f"FGSM minus clean accuracy: {100 * (leaky.accuracy - clean.accuracy):+.1f} points "
+                           "for the true-label model.")
+    return outcome
+
+
+def claim_smoothing(sweeps: dict[str, dict]) -> ClaimOutcome:
+    outcome = ClaimOutcome(
+        "e", "Smoothed PNI/CNI accuracy rises with the number of draws m, on clean, PGD and EPGD inputs.",
+        "Nemcovsky et al. 2019, §5", NOT_MEASURED, "", headers=["model", "input"])
+    verdicts = []
+    for model in sorted(sweeps):
+        record = sweeps[model]
+        samples = [str(m) for m in record["smoothing"]["samples"]]
+        outcome.headers = ["model", "input", *[f"m = {m}" for m in samples], "verdict (m max vs m = 1)"]
+        for name in ("clean", "pgd", "epgd"):
+            cells = record["accuracy"][name]
+            first, last = (Measured(model, name, cells[m]["accuracy"], tuple(cells[m]["interval"]), record["n"])
+                           for m in (samples[0], samples[-1]))
+            verdict = _verdict_greater(last, first)
+            verdicts.append(verdict)
+            outcome.rows.append([model, name, *[Measured(model, name, cells[m]["accuracy"],
+                                 tuple(cells[m]["interval"]), record["n"]).cell() for m in samples], verdict])
+    if verdicts:
+        outcome.verdict = _combine(verdicts)
+        sweep = next(iter(sweeps.values()))
+        outcome.explanation = (f"n = {sweep['n']}, sigma = {sweep['smoothing']['sigma']} (pixel units), "
+                               f"{sweep['smoothing']['vote']} voting; PGD and EPGD are crafted once on one "
+                               "draw of the noisy model and classified by every m.")
+    else:
+        outcome.explanation = "No smoothing sweep recorded yet."
+    return outcome
+
+
+# ---------------------------------------------------------------- the page
+
+
+def load_records(dataset: str, budget: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    directory = records_dir(dataset)
+    evaluations, sweeps = {}, {}
+    for path in sorted(directory.glob(f"*-{budget}.json")):
+        record = json.loads(path.read_text())
+        if record.get("schema", "").startswith("threatbench.smoothing-sweep"):
+            sweeps[record["entry"]["name"]] = record
+        else:
+            evaluations[record["entry"]["name"]] = record
+    return evaluations, sweeps
+
+
+def judge_claims(evaluations: dict[str, dict], sweeps: dict[str, dict]) -> list[ClaimOutcome]:
+    return [claim_white_box_vs_transfer(evaluations), claim_rand_fgsm(evaluations),
+            claim_ensemble_transfer(evaluations), claim_label_leaking(evaluations), claim_smoothing(sweeps)]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _budget_line(evaluations: dict[str, dict], budget: str) -> str:
+    any_record = next(iter(evaluations.values()), None)
+    if any_record is None:
+        return f"Budget: {budget}."
+    device = any_record["provenance"].get("device_name") or any_record["provenance"].get("device")
+    return (f"Budget: **{budget}** (n = {any_record['n']} test images, the spec's fixed subset "
+            f"`{any_record['subset_sha256'][:12]}`), spec {any_record['spec']['version']}, "
+            f"eps {any_record['threat_model']['eps']:g}, measured on {device}.")
+
+
+def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps: dict[str, dict]) -> str:
+    outcomes = judge_claims(evaluations, sweeps)
+    lines = [
+        f"# Reproductions on {dataset}",
+        "",
+        "<!-- generated by `threatbench reproduce`; do not edit by hand -->",
+        "",
+        "The claims of the papers behind threatbench, checked with our own baselines under the fixed "
+        "threat model. Accuracy in % with 95% Wilson intervals; \"reproduced\" means the intervals do not "
+        "overlap in the claimed direction. A claim that does not reproduce is reported, not dropped.",
+        "",
+        _budget_line(evaluations, budget),
+        "",
+        "| claim | source | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| ({o.key}) {o.claim} | {o.source} | **{o.verdict}** |" for o in outcomes]
+    for outcome in outcomes:
+        lines += ["", f"## ({outcome.key}) {outcome.claim}", "", f"Source: {outcome.source}. "
+                  f"Verdict: **{outcome.verdict}**.", "", outcome.explanation, ""]
+        if outcome.rows:
+            lines += _table(outcome.headers, outcome.rows)
+    lines += ["", "## Models", ""]
+    lines += _table(["model", "architecture", "recipe", "epoch", "weights sha256"], [
+        [name, record["entry"].get("architecture") or "", (record["entry"].get("recipe") or {}).get("file", ""),
+         str((record["entry"].get("recipe") or {}).get("epoch", "")),
+         f"`{(record['entry'].get('weights') or {}).get('sha256', '')[:16]}`"]
+        for name, record in sorted(evaluations.items())])
+    lines += ["", f"Reproduce: `threatbench reproduce --dataset {dataset} --budget {budget} --evaluate`.", ""]
+    return "\n".join(lines)
+
+
+def write_page(dataset: str, budget: str) -> Path:
+    evaluations, sweeps = load_records(dataset, budget)
+    path = page_path(dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, render_page(dataset, budget, evaluations, sweeps))
+    return path

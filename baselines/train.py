@@ -1,0 +1,234 @@
+"""`threatbench train <recipe>`: train a baseline defense from its recipe, resumably.
+
+Seeded (data order, dropout and model noise depend only on (seed, epoch)), with a checkpoint of the
+model and optimizer after every epoch (safetensors), so an interrupted run resumes to the same
+weights. Outputs in the run directory: `weights.safetensors` (final), `epoch-<N>.safetensors` for
+each of the recipe's `save_epochs`, and `model.json` with every file's sha256 and the recipe's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from baselines.objectives import OBJECTIVES, BatchContext
+from baselines.recipes import Recipe, RecipeError, load_recipe
+from benchmark.architectures import build
+from benchmark.cache import cache_dir
+from benchmark.data import load_training_tensors
+from benchmark.defense import Defense, file_sha256
+from benchmark.defense import load as load_defense
+from benchmark.randomness import derive_seed
+from benchmark.results import atomic_write_json
+from benchmark.spec import Spec, load_spec
+from benchmark.training import (
+    StandardRecipe,
+    load_checkpoint,
+    run_epoch,
+    save_checkpoint,
+    standard_model_dir,
+    train_standard,
+)
+
+WEIGHT_NAMES = ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    path: Path
+    sha256: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    recipe: Recipe
+    directory: Path
+    final: TrainedWeights
+    snapshots: dict[int, TrainedWeights]
+
+    def weights_at(self, epoch: int | None) -> TrainedWeights:
+        if epoch is None or epoch == self.final.epoch:
+            return self.final
+        if epoch not in self.snapshots:
+            raise RecipeError(f"{self.recipe.path}: no weights saved after epoch {epoch}; "
+                              f"add it to save_epochs (saved: {sorted(self.snapshots)})")
+        return self.snapshots[epoch]
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return cache_dir() / "training" / recipe.dataset / recipe.run_name()
+
+
+def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Noise parameters (PNI alpha, CNI factors) get no weight decay, as in the PNI code."""
+    decayed, undecayed = [], []
+    for name, parameter in model.named_parameters():
+        (decayed if name.rsplit(".", 1)[-1] in WEIGHT_NAMES else undecayed).append(parameter)
+    settings = recipe.optimizer
+    groups = [{"params": decayed, "weight_decay": settings.weight_decay}]
+    if undecayed:
+        groups.append({"params": undecayed, "weight_decay": 0.0})
+    if settings.name == "sgd":
+        return torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum,
+                               nesterov=settings.nesterov)
+    return torch.optim.Adam(groups, lr=settings.learning_rate)
+
+
+def check_not_held_out(recipe: Recipe, static: Recipe, weights_sha256: str, spec: Spec) -> None:
+    """A static source must never be one of the judge's held-out transfer sources."""
+    dataset = spec.datasets[recipe.dataset]
+    for source in dataset.held_out_sources:
+        if static.architecture == source.architecture or static.name == source.name \
+                or weights_sha256 == source.sha256:
+            raise RecipeError(
+                f"{recipe.path}: adversary.static_models: {static.path.name} is the held-out "
+                f"source {source.name!r} ({source.architecture}) of spec {spec.version}; held-out "
+                "sources are the judge's and must never be seen in training. Choose another model"
+            )
+
+
+def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool, device) -> list[Defense]:
+    """Frozen static models, each trained from its own recipe (once; cached like any run)."""
+    spec, sources = load_spec(), []
+    for static in recipe.static_models:
+        static_recipe = load_recipe(static.recipe)
+        if static_recipe.dataset != recipe.dataset:
+            raise RecipeError(f"{recipe.path}: adversary.static_models: {static.recipe} trains on "
+                              f"{static_recipe.dataset}, not {recipe.dataset}")
+        check_not_held_out(recipe, static_recipe, "", spec)    # before spending time training it
+        run = train_recipe(static_recipe, data_dir=data_dir, progress=progress, device=device)
+        check_not_held_out(recipe, static_recipe, run.final.sha256, spec)
+        sources.append(load_defense(static_recipe.architecture, run.final.path,
+                                    num_classes=spec.datasets[recipe.dataset].num_classes,
+                                    sha256=run.final.sha256, device=device,
+                                    name=static_recipe.name))
+    return sources
+
+
+def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int) -> TrainedWeights:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    temporary = path.with_suffix(".tmp")
+    # One metadata key: safetensors writes several in no fixed order, which would change the sha256.
+    provenance = json.dumps({"recipe": recipe.name, "recipe_sha256": recipe.sha256, "epoch": epoch},
+                            sort_keys=True)
+    save_file(state, str(temporary), metadata={"threatbench": provenance})
+    temporary.replace(path)
+    return TrainedWeights(path, file_sha256(path), epoch)
+
+
+def _card(recipe: Recipe, final: TrainedWeights, snapshots: dict[int, TrainedWeights], steps: int,
+          seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recipe": recipe.name, "recipe_file": recipe.path.name, "recipe_sha256": recipe.sha256,
+        "dataset": recipe.dataset, "architecture": recipe.architecture, "trainer": recipe.trainer,
+        "weights": {"file": final.path.name, "sha256": final.sha256, "epoch": final.epoch},
+        "snapshots": {str(e): {"file": w.path.name, "sha256": w.sha256} for e, w in snapshots.items()},
+        "steps": steps, "seconds": round(seconds, 1), **extra,
+    }
+
+
+def _read_run(recipe: Recipe, directory: Path) -> TrainingRun | None:
+    card_path = directory / "model.json"
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    if card.get("recipe_sha256") != recipe.sha256:
+        return None
+    final = TrainedWeights(directory / card["weights"]["file"], card["weights"]["sha256"],
+                           card["weights"]["epoch"])
+    snapshots = {int(e): TrainedWeights(directory / w["file"], w["sha256"], int(e))
+                 for e, w in card["snapshots"].items()}
+    return TrainingRun(recipe, directory, final, snapshots)
+
+
+def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, progress: bool = True,
+                 max_steps: int | None = None, device: str | torch.device = "cpu") -> TrainingRun:
+    """Train `recipe` into `out_dir` (default: the cache), resuming from its last epoch checkpoint.
+
+    `max_steps` stops early (tests); the run is then not complete and is not cached as final.
+    """
+    if recipe.trainer == "standard":
+        return _train_standard(recipe, out_dir, data_dir=data_dir, progress=progress,
+                               max_steps=max_steps)
+    directory = out_dir or default_run_dir(recipe)
+    directory.mkdir(parents=True, exist_ok=True)
+    finished = _read_run(recipe, directory) if max_steps is None else None
+    if finished is not None:
+        return finished
+
+    x, y = load_training_tensors(recipe.dataset, data_dir, limit=recipe.train_limit)
+    torch.manual_seed(recipe.seed)
+    model = build(recipe.architecture, int(y.max()) + 1, in_channels=x.shape[1]).to(device)
+    optimizer = make_optimizer(recipe, model.network)
+    statics = load_static_sources(recipe, data_dir=data_dir, progress=progress, device=device) \
+        if recipe.trainer == "ensemble_adversarial" else []
+    checkpoint = directory / "checkpoint.safetensors"
+    first_epoch = load_checkpoint(checkpoint, model.network, optimizer) if checkpoint.is_file() else 0
+    steps = first_epoch * -(-len(x) // recipe.batch_size)
+    snapshots = _existing_snapshots(recipe, directory, first_epoch)
+    objective, started = OBJECTIVES[recipe.trainer], time.perf_counter()
+    source_counts: dict[str, int] = {}
+    for epoch in range(first_epoch, recipe.epochs):
+        context = BatchContext(model, recipe.adversary, epoch, torch.Generator().manual_seed(
+            derive_seed(recipe.seed, "sources", epoch)), statics, source_counts)
+        steps = run_epoch(model, optimizer, x, y, lambda xb, yb, c=context: objective(c, xb, yb),
+                          seed=recipe.seed, epoch=epoch, epochs=recipe.epochs,
+                          batch_size=recipe.batch_size, steps_done=steps, max_steps=max_steps,
+                          clip_grad_norm=recipe.adversary.get("clip_grad_norm", 0.0),
+                          progress=progress, device=device)
+        if max_steps is not None and steps >= max_steps:
+            break
+        if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
+            snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
+                                                 recipe, epoch + 1)
+        save_checkpoint(checkpoint, model.network, optimizer, epoch + 1)
+
+    final_epoch = recipe.epochs if max_steps is None else epoch + 1
+    final = _save_weights(model.network, directory / "weights.safetensors", recipe, final_epoch)
+    run = TrainingRun(recipe, directory, final, snapshots)
+    if max_steps is None:
+        extra = {"ensemble_source_batches": source_counts} if source_counts else {}
+        atomic_write_json(directory / "model.json",
+                          _card(recipe, final, snapshots, steps, time.perf_counter() - started, extra))
+        checkpoint.unlink(missing_ok=True)
+    return run
+
+
+def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> dict[int, TrainedWeights]:
+    """Snapshots written before an interruption (only those of epochs already completed)."""
+    snapshots = {}
+    for epoch in recipe.save_epochs:
+        path = directory / f"epoch-{epoch}.safetensors"
+        if epoch <= first_epoch and epoch < recipe.epochs and path.is_file():
+            snapshots[epoch] = TrainedWeights(path, file_sha256(path), epoch)
+    return snapshots
+
+
+def as_standard_recipe(recipe: Recipe, max_steps: int | None = None) -> StandardRecipe:
+    """The judge's own standard training (`benchmark.training`): plain Adam, no weight decay."""
+    optimizer = recipe.optimizer
+    if optimizer.name != "adam" or optimizer.weight_decay or recipe.save_epochs:
+        raise RecipeError(f"{recipe.path}: the standard trainer is Tramer et al.'s plain Adam without "
+                          "weight decay or save_epochs; use optimizer.name = \"adam\", no "
+                          "optimizer.weight_decay and no save_epochs")
+    return StandardRecipe(dataset=recipe.dataset, architecture=recipe.architecture,
+                          epochs=recipe.epochs, batch_size=recipe.batch_size,
+                          learning_rate=optimizer.learning_rate, seed=recipe.seed,
+                          max_steps=max_steps, train_limit=recipe.train_limit)
+
+
+def _train_standard(recipe: Recipe, out_dir: Path | None, *, data_dir, progress: bool,
+                    max_steps: int | None) -> TrainingRun:
+    """Standard recipes share the judge's model cache, so the zoo's A is the quick-start model."""
+    standard = as_standard_recipe(recipe, max_steps)
+    directory = out_dir or standard_model_dir(standard)
+    trained = train_standard(standard, directory, data_dir=data_dir, progress=progress)
+    final = TrainedWeights(trained.weights, trained.sha256, recipe.epochs)
+    return TrainingRun(recipe, directory, final, {})
