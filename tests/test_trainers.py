@@ -210,3 +210,37 @@ def test_trades_examples_stay_in_the_ball_and_raise_the_divergence():
         def kl(z):
             return float(torch.nn.functional.kl_div(torch.log_softmax(network(z), 1), p, reduction="sum"))
         assert kl(x_adv) > kl(x + 0.001 * torch.randn_like(x))
+
+
+@requires_fashion
+def test_the_train_command_prints_the_weights_and_their_sha256(tmp_path, capsys):
+    from benchmark.cli import main
+
+    path = write_recipe(tmp_path, "cli", "fgsm_adversarial", ADVERSARIES["fgsm_adversarial"])
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    sha256 = load_recipe_file(path).sha256
+    assert f"recipe sha256 {sha256}" in output
+    from benchmark.defense import file_sha256
+    assert f"sha256:  {file_sha256(tmp_path / 'run' / 'weights.safetensors')}" in output
+
+
+def test_the_train_command_refuses_a_bad_recipe_in_one_line(tmp_path, capsys):
+    from benchmark.cli import main
+
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD_HEADER.replace("epochs = 1", "epochs = 0"))
+    assert main(["train", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "epochs must be >= 1" in error
+
+
+GOOD_HEADER = """
+schema = "threatbench.recipe/1"
+name = "bad"
+dataset = "fashion-mnist"
+architecture = "mnist_d"
+trainer = "standard"
+epochs = 1
+batch_size = 32
+"""
