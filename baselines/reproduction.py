@@ -83,7 +83,7 @@ def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device
     if model.zoo_entry is not None:
         entry = load_zoo(dataset).entry(model.zoo_entry)
         info = EntryInfo(name=model.name, kind="baseline", architecture=entry.architecture,
-                         weights={"file": entry.weights.name, "sha256": entry.sha256},
+                         weights={"file": entry.weights_file, "sha256": entry.sha256},
                          paper=entry.paper or None,
                          recipe={"file": entry.recipe, "sha256": entry.recipe_sha256, "epoch": entry.epoch})
         return entry_defense(entry, num_classes, device=device), info
@@ -131,7 +131,7 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
                         samples=list(sweep.samples), n=sweep.n, out=out, data_dir=data_dir,
                         device=device, progress=progress,
                         entry={"name": sweep.model, "architecture": entry.architecture,
-                               "weights": {"file": entry.weights.name, "sha256": entry.sha256}})
+                               "weights": {"file": entry.weights_file, "sha256": entry.sha256}})
 
 
 # ---------------------------------------------------------------- judging the claims

@@ -3,6 +3,10 @@
 Each entry names committed weights (safetensors, fp16 storage allowed), their sha256, and the
 recipe (with its sha256) that produced them, or, for a smoothed variant, the entry it smooths and
 the smoothing parameters. `export_entry` turns a training run into a committed entry.
+
+`weights = "recipe"` marks weights that are not committed (the zoo must stay under 50 MB): they are
+rebuilt on first use by training the recipe, which is seeded and deterministic, and the rebuilt file
+must match the pinned sha256 before anything is judged.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from baselines.recipes import load_recipe
-from baselines.train import TrainedWeights
+from baselines.train import TrainedWeights, train_recipe
 from benchmark.defense import Defense, file_sha256, load_state, read_safetensors
 from benchmark.errors import ThreatbenchError
 from benchmark.smoothing import SmoothedDefense, SmoothingConfig
@@ -30,6 +34,7 @@ ZOO_SCHEMA = "threatbench.zoo/1"
 ZOO_DIR = Path(__file__).parent / "zoo"
 ROLES = ("defense", "undefended", "static")
 STORAGE = ("float32", "float16")
+REBUILT = "recipe"      # the `weights` value of an entry whose weights are rebuilt, not committed
 ENTRY_KEYS = {"name", "role", "architecture", "weights", "sha256", "storage", "recipe",
               "recipe_sha256", "epoch", "paper", "base", "smoothing", "notes"}
 
@@ -43,7 +48,7 @@ class ZooEntry:
     name: str
     role: str
     architecture: str
-    weights: Path
+    weights: Path | None          # None: not committed, rebuilt from the recipe (see module doc)
     sha256: str
     recipe: str
     recipe_sha256: str
@@ -52,6 +57,15 @@ class ZooEntry:
     notes: str = ""
     base: str | None = None
     smoothing: SmoothingConfig | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.weights is not None
+
+    @property
+    def weights_file(self) -> str:
+        """What a record names: the committed file, or the recipe the weights are rebuilt from."""
+        return self.weights.name if self.committed else f"rebuilt from {self.recipe}"
 
     @property
     def randomized(self) -> bool:
@@ -124,8 +138,9 @@ def _parse_entry(table: dict, where: str, by_name: dict[str, ZooEntry], root: Pa
     sha256 = _required(table, "sha256", str, where).lower()
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ZooError(f"{where}.sha256: not a 64-hex sha256: {sha256!r}")
+    weights = _required(table, "weights", str, where)
     return ZooEntry(name=name, role=role, architecture=_required(table, "architecture", str, where),
-                    weights=root / _required(table, "weights", str, where), sha256=sha256,
+                    weights=None if weights == REBUILT else root / weights, sha256=sha256,
                     recipe=_required(table, "recipe", str, where),
                     recipe_sha256=_required(table, "recipe_sha256", str, where),
                     epoch=_required(table, "epoch", int, where), paper=table.get("paper", ""),
@@ -170,13 +185,23 @@ def check_recipe(entry: ZooEntry) -> None:
                        f"weights were trained from {entry.recipe_sha256}; retrain and re-export")
 
 
+def entry_weights(entry: ZooEntry, *, progress: bool = True) -> Path:
+    """The committed weights file, or the recipe's rebuilt one (trained once, then cached)."""
+    if entry.committed:
+        return entry.weights
+    check_recipe(entry)
+    run = train_recipe(load_recipe(entry.recipe), progress=progress)
+    return run.weights_at(entry.epoch).path
+
+
 def entry_defense(entry: ZooEntry, num_classes: int, *, in_channels: int = 1,
                   device: str | torch.device = "cpu") -> Defense:
     """The entry as the judge sees it: weights sha256-checked, smoothing applied when declared."""
     from benchmark.architectures import build
 
     classifier = build(entry.architecture, num_classes, in_channels=in_channels)
-    load_state(classifier.network, read_safetensors(entry.weights, sha256=entry.sha256), str(entry.weights))
+    weights = entry_weights(entry)
+    load_state(classifier.network, read_safetensors(weights, sha256=entry.sha256), str(weights))
     if entry.smoothing is not None:
         defense = SmoothedDefense(classifier, num_classes, entry.smoothing, name=entry.name)
     else:
@@ -199,7 +224,8 @@ def export_weights(trained: TrainedWeights, destination: Path, storage: str) -> 
 
 # ---------------------------------------------------------------- writing the zoo file
 
-HEADER = """# The Fashion-MNIST zoo: threatbench's baseline entries (weights committed, sha256-checked).
+HEADER = """# A threatbench zoo: the baseline entries, each with its sha256-checked weights and recipe.
+# weights = "recipe": not committed (the zoo stays under 50 MB); rebuilt by training the recipe.
 # Written by `threatbench zoo export`; smoothed variants (base + [smoothing]) may be added by hand.
 """
 
@@ -244,15 +270,18 @@ def upsert_entry(path: Path, dataset: str, new_entry: dict) -> None:
 
 
 def export_entry(run, *, name: str, role: str, epoch: int | None, storage: str, paper: str,
-                 zoo_file: Path | None = None) -> dict:
+                 zoo_file: Path | None = None, commit: bool = True) -> dict:
     """Commit-ready zoo entry from a training run: weights copied (fp16 if asked), file updated."""
     recipe = run.recipe
     trained = run.weights_at(epoch)
     zoo_file = zoo_file or zoo_path(recipe.dataset)
-    relative = Path("weights") / recipe.dataset / f"{name}.safetensors"
-    sha256 = export_weights(trained, zoo_file.parent / relative, storage)
+    if commit:
+        relative = (Path("weights") / recipe.dataset / f"{name}.safetensors").as_posix()
+        sha256 = export_weights(trained, zoo_file.parent / relative, storage)
+    else:   # pin the training run's own file; it is rebuilt from the recipe on first use
+        relative, sha256, storage = REBUILT, trained.sha256, "float32"
     entry = {"name": name, "role": role, "architecture": recipe.architecture,
-             "weights": relative.as_posix(), "sha256": sha256, "storage": storage,
+             "weights": relative, "sha256": sha256, "storage": storage,
              "recipe": f"{recipe.dataset}/{recipe.path.name}", "recipe_sha256": recipe.sha256,
              "epoch": trained.epoch, "paper": paper}
     upsert_entry(zoo_file, recipe.dataset, entry)

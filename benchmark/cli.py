@@ -181,7 +181,7 @@ def _zoo_entry_info(entry):
     smoothing = None if entry.smoothing is None else {
         "samples": entry.smoothing.samples, "sigma": entry.smoothing.sigma, "vote": entry.smoothing.vote}
     return EntryInfo(name=entry.name, kind="baseline", architecture=entry.architecture,
-                     weights={"file": entry.weights.name, "sha256": entry.sha256},
+                     weights={"file": entry.weights_file, "sha256": entry.sha256},
                      paper=entry.paper or None, smoothing=smoothing,
                      recipe={"file": entry.recipe, "sha256": entry.recipe_sha256, "epoch": entry.epoch})
 
@@ -244,8 +244,8 @@ def command_zoo_export(args) -> int:
     recipe = load_recipe(args.recipe)
     run = train_recipe(recipe, progress=not args.no_progress)   # returns at once when already trained
     entry = export_entry(run, name=args.name or recipe.name, role=args.role, epoch=args.epoch,
-                         storage=args.storage, paper=args.paper or "")
-    print(f"zoo entry {entry['name']}: {entry['weights']} (sha256 {entry['sha256']}, epoch "
+                         storage=args.storage, paper=args.paper or "", commit=not args.rebuild)
+    print(f"zoo entry {entry['name']}: weights {entry['weights']} (sha256 {entry['sha256']}, epoch "
           f"{entry['epoch']}, {entry['storage']})")
     return 0
 
@@ -445,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--epoch", type=int, help="a saved epoch (save_epochs) instead of the final one")
     export.add_argument("--storage", choices=["float32", "float16"], default="float16")
     export.add_argument("--paper", help="URL of the paper the baseline follows")
+    export.add_argument("--rebuild", action="store_true",
+                        help="do not commit the weights: pin the run's sha256 and rebuild from the "
+                             "recipe on first use (keeps the zoo under 50 MB)")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.set_defaults(handler=command_zoo_export)
 
