@@ -9,7 +9,6 @@ does not reproduce is shown with its numbers, never dropped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,9 @@ from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from baselines.zoo import ZooEntry, entry_defense, load_zoo
 from benchmark.defense import load as load_defense
-from benchmark.results import atomic_write_text
+from benchmark.results import atomic_write_text, read_json, read_record
 from benchmark.stats import intervals_overlap, significantly_greater
+from benchmark.sweeps import SWEEP_SCHEMA
 
 LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
 REPRODUCED, DIRECTION_ONLY, NOT_REPRODUCED, NOT_MEASURED = (
@@ -235,13 +235,16 @@ def claim_rand_fgsm(records) -> ClaimOutcome:
         outcome.explanation = "No white-box records yet."
         return outcome
     largest = max(gaps, key=lambda m: (gaps[m], m))
+    explanation = (f"RAND+FGSM is significantly stronger on {verdicts.count(REPRODUCED)} of "
+                   f"{len(verdicts)} models; the largest gap is on {largest} ({100 * gaps[largest]:.1f} points)")
+    if "A_adv" not in gaps:
+        outcome.verdict = NOT_MEASURED
+        outcome.explanation = explanation + "; A_adv is not measured yet."
+        return outcome
     most_on_adv = largest == "A_adv"
     outcome.verdict = _combine(verdicts + ([REPRODUCED] if most_on_adv else [NOT_REPRODUCED]))
-    outcome.explanation = (f"RAND+FGSM is significantly stronger on {verdicts.count(REPRODUCED)} of "
-                           f"{len(verdicts)} models; the largest gap is on {largest} "
-                           f"({100 * gaps[largest]:.1f} points)"
-                           + ("" if most_on_adv else f", not on A_adv ({100 * gaps.get('A_adv', float('nan')):.1f} points)")
-                           + ".")
+    outcome.explanation = explanation + ("" if most_on_adv else
+                                         f", not on A_adv ({100 * gaps['A_adv']:.1f} points)") + "."
     return outcome
 
 
@@ -324,10 +327,11 @@ def load_records(dataset: str, budget: str) -> tuple[dict[str, dict], dict[str, 
     directory = records_dir(dataset)
     evaluations, sweeps = {}, {}
     for path in sorted(directory.glob(f"*-{budget}.json")):
-        record = json.loads(path.read_text())
-        if record.get("schema", "").startswith("threatbench.smoothing-sweep"):
-            sweeps[record["entry"]["name"]] = record
+        document = read_json(path)
+        if isinstance(document, dict) and document.get("schema") == SWEEP_SCHEMA:
+            sweeps[document["entry"]["name"]] = document
         else:
+            record = read_record(path)      # refuses any other schema, naming the file
             evaluations[record["entry"]["name"]] = record
     return evaluations, sweeps
 
