@@ -236,15 +236,19 @@ def claim_rand_fgsm(records) -> ClaimOutcome:
         return outcome
     largest = max(gaps, key=lambda m: (gaps[m], m))
     explanation = (f"RAND+FGSM is significantly stronger on {verdicts.count(REPRODUCED)} of "
-                   f"{len(verdicts)} models; the largest gap is on {largest} ({100 * gaps[largest]:.1f} points)")
+                   f"{len(verdicts)} models; the largest gap is on {largest} ({100 * gaps[largest]:+.1f} points)")
+    if gaps[largest] <= 0:
+        explanation = (f"RAND+FGSM is weaker than FGSM on all {len(gaps)} models measured (its gradient "
+                       f"step is only eps - alpha); the smallest shortfall is on {largest} "
+                       f"({100 * gaps[largest]:+.1f} points)")
     if "A_adv" not in gaps:
         outcome.verdict = NOT_MEASURED
         outcome.explanation = explanation + "; A_adv is not measured yet."
         return outcome
-    most_on_adv = largest == "A_adv"
+    most_on_adv = largest == "A_adv" and gaps["A_adv"] > 0   # "most" only where it beats FGSM at all
     outcome.verdict = _combine(verdicts + ([REPRODUCED] if most_on_adv else [NOT_REPRODUCED]))
-    outcome.explanation = explanation + ("" if most_on_adv else
-                                         f", not on A_adv ({100 * gaps['A_adv']:.1f} points)") + "."
+    outcome.explanation = explanation + ("" if most_on_adv or gaps[largest] <= 0 else
+                                         f", not on A_adv ({100 * gaps['A_adv']:+.1f} points)") + "."
     return outcome
 
 

@@ -144,3 +144,11 @@ def test_the_plan_names_models_outside_the_zoo_by_recipe_and_epoch(model):
 
     planned = {m.name: m for m in FASHION_PLAN}[model]
     assert planned.zoo_entry is None and planned.recipe.startswith("fashion-mnist/")
+
+
+def test_rand_fgsm_weaker_everywhere_is_not_reproduced_even_if_least_weak_on_a_adv():
+    records = {"A": record("A", 0.9, fgsm=0.15, rand_fgsm=0.26),
+               "A_adv": record("A_adv", 0.85, fgsm=0.66, rand_fgsm=0.75)}
+    outcome = claim_rand_fgsm(records)
+    assert outcome.verdict == NOT_REPRODUCED
+    assert "weaker than FGSM on all 2 models" in outcome.explanation
