@@ -17,7 +17,9 @@ from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from baselines.zoo import ZooEntry, entry_defense, load_zoo
 from benchmark.defense import load as load_defense
-from benchmark.results import atomic_write_text, read_json, read_record
+from benchmark.record_check import load_record
+from benchmark.results import atomic_write_text, read_json
+from benchmark.spec import load_spec
 from benchmark.stats import intervals_overlap, significantly_greater
 from benchmark.sweeps import SWEEP_SCHEMA
 
@@ -335,7 +337,7 @@ def load_records(dataset: str, budget: str) -> tuple[dict[str, dict], dict[str, 
         if isinstance(document, dict) and document.get("schema") == SWEEP_SCHEMA:
             sweeps[document["entry"]["name"]] = document
         else:
-            record = read_record(path)      # refuses any other schema, naming the file
+            record = load_record(path, spec_version=load_spec().version)   # names a bad field
             evaluations[record["entry"]["name"]] = record
     return evaluations, sweeps
 
