@@ -282,6 +282,23 @@ def command_reproduce(args) -> int:
     return 0
 
 
+def command_leaderboard(args) -> int:
+    from benchmark.leaderboard import LEADERBOARD_DIR, stale_pages, write_pages
+
+    out_dir = Path(args.dir) if args.dir else LEADERBOARD_DIR
+    version = load_spec().version
+    if args.check:
+        stale = stale_pages(out_dir, version)
+        if stale:
+            raise ThreatbenchError(f"stale leaderboard pages in {out_dir}: {', '.join(stale)}; run "
+                                   "threatbench leaderboard and commit the result")
+        print(f"the leaderboard pages in {out_dir} are up to date")
+        return 0
+    for path in write_pages(out_dir, version):
+        print(f"wrote {path}")
+    return 0
+
+
 def command_train_source(args) -> int:
     from benchmark.cache import cache_dir
     from benchmark.sources import source_recipe
@@ -492,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
     reproduce.add_argument("--no-progress", action="store_true", help="no progress bars")
     reproduce.set_defaults(handler=command_reproduce)
+
+    board = commands.add_parser("leaderboard", help="regenerate leaderboard/*.md from leaderboard/results")
+    board.add_argument("--check", action="store_true", help="only report stale pages (exit 2 if any)")
+    board.add_argument("--dir", help="leaderboard directory (default: the repository's leaderboard/)")
+    board.set_defaults(handler=command_leaderboard)
 
     train_source = commands.add_parser("train-source", help="train one of the judge's held-out sources")
     train_source.add_argument("--dataset", required=True)

@@ -1,0 +1,122 @@
+"""The generated leaderboard: deterministic, ranked by the worst case over all families, ties in
+bold, quick-budget records only in the provisional table, stale committed pages detected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.leaderboard import LEADERBOARD_DIR, render_pages, stale_pages, write_pages
+from benchmark.results import Outcomes, write_result
+from benchmark.spec import load_spec
+from benchmark.stats import wilson_interval
+
+GOLDEN = Path(__file__).parent / "fixtures" / "leaderboard" / "fashion-mnist.md"
+N = 1000
+
+
+def summary(correct: int, n: int = N) -> dict:
+    return {"accuracy": correct / n, "correct": correct, "n": n, "interval": list(wilson_interval(correct, n))}
+
+
+def bits(correct: int, n: int = N) -> np.ndarray:
+    row = np.zeros((1, n), dtype=bool)
+    row[0, :correct] = True
+    return row
+
+
+def write_fixture(directory: Path, name: str, *, clean: int, pgd: int, transfer: int, nattack: int | None,
+                  budget: str = "full", kind: str = "baseline", flags: dict | None = None) -> None:
+    """A complete record whose per-example file agrees with its numbers (prefix-correct examples)."""
+    all_correct = min(clean, pgd, transfer, N if nattack is None else nattack)
+    attacks = {"pgd": {"family": "white_box", **summary(pgd)},
+               "transfer/B/fgsm": {"family": "transfer", **summary(transfer)}}
+    outcomes = {"clean": Outcomes(bits(clean)), "pgd": Outcomes(bits(pgd)),
+                "transfer/B/fgsm": Outcomes(bits(transfer))}
+    if nattack is not None:
+        attacks["nattack"] = {"family": "adaptive", **summary(nattack),
+                              "queries": {"median": 1234.0, "mean": 1500.0, "max": 9000, "total": 1500000}}
+        outcomes["nattack"] = Outcomes(bits(nattack), np.full(N, 1500))
+    run = {"status": "run"}
+    record = {
+        "schema": "threatbench.result/1",
+        "entry": {"name": name, "kind": kind, "architecture": "mnist_a", "paper": "https://arxiv.org/abs/1705.07204",
+                  "weights": {"file": f"{name}.safetensors", "sha256": (name.encode().hex() * 64)[:64]}},
+        "dataset": "fashion-mnist", "spec": {"version": "1.0.0", "sha256": "0" * 64},
+        "threat_model": {"norm": "linf", "eps": 0.1}, "budget": budget, "n": N, "nattack_n": N,
+        "subset_sha256": "1" * 64, "seed": 0, "clean": summary(clean), "attacks": attacks,
+        "families": {"white_box": run, "transfer": run,
+                     "adaptive": run if nattack is not None else {"status": "not_run", "reason": "not requested"}},
+        "worst_case": {"white_box": summary(min(clean, pgd)), "transfer": summary(min(clean, transfer)),
+                       "adaptive": None if nattack is None else summary(min(clean, nattack)),
+                       "all": None if nattack is None else summary(all_correct)},
+        "flags": flags or {"transfer_beats_white_box": {"raised": False}, "rand_fgsm_beats_fgsm": {"raised": None}},
+        "provenance": {"device": "cpu"}, "examples_file": f"{name}.examples.json",
+    }
+    path = directory / "results" / "fashion-mnist" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_result(path, record, outcomes)
+
+
+@pytest.fixture
+def board(tmp_path) -> Path:
+    write_fixture(tmp_path, "strong", clean=850, pgd=520, transfer=700, nattack=560)
+    write_fixture(tmp_path, "tied", clean=840, pgd=505, transfer=690, nattack=540)
+    write_fixture(tmp_path, "weak", clean=910, pgd=0, transfer=400, nattack=100,
+                  flags={"single_step_beats_pgd": {"raised": True}})
+    write_fixture(tmp_path, "masked-quick", clean=900, pgd=600, transfer=300, nattack=None, budget="quick")
+    return tmp_path
+
+
+def test_the_page_matches_the_golden_page(board):
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    if not GOLDEN.is_file():   # first run writes it; review it and commit
+        GOLDEN.write_text(page)
+    assert page == GOLDEN.read_text()
+
+
+def test_rows_are_sorted_by_the_worst_case_and_ties_are_bold(board):
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    ranked = page.split("## Provisional")[0]
+    assert ranked.index("**strong**") < ranked.index("**tied**") < ranked.index("| weak |")
+    assert "| 3 | weak |" in ranked        # 10.0% all-families: not tied, not bold
+
+
+def test_quick_budget_records_are_only_provisional(board):
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    ranked, provisional = page.split("## Provisional")
+    assert "masked-quick" not in ranked
+    assert "| masked-quick | baseline | quick budget (n = 1000); not run: adaptive |" in provisional
+
+
+def test_rendering_is_deterministic(board, tmp_path):
+    first = render_pages(board / "results", "1.0.0")
+    copy = tmp_path / "copy"
+    shutil.copytree(board / "results", copy / "results")
+    assert render_pages(copy / "results", "1.0.0") == first
+
+
+def test_a_stale_page_is_detected(board):
+    write_pages(board, "1.0.0")
+    assert stale_pages(board, "1.0.0") == []
+    write_fixture(board, "weak", clean=910, pgd=0, transfer=400, nattack=200)
+    assert stale_pages(board, "1.0.0") == ["fashion-mnist.md"]
+
+
+def test_a_broken_record_fails_the_build_naming_it(board):
+    path = board / "results" / "fashion-mnist" / "tied.json"
+    record = json.loads(path.read_text())
+    record["clean"]["accuracy"] = "84%"
+    path.write_text(json.dumps(record))
+    from benchmark.results import RecordError
+    with pytest.raises(RecordError, match="tied.json: field 'clean.accuracy'"):
+        render_pages(board / "results", "1.0.0")
+
+
+def test_the_committed_leaderboard_is_up_to_date():
+    assert stale_pages(LEADERBOARD_DIR, load_spec().version) == [], \
+        "run `threatbench leaderboard` and commit the pages"
