@@ -68,7 +68,18 @@ PLANS = {"fashion-mnist": (FASHION_PLAN, FASHION_SWEEPS)}
 
 
 def records_dir(dataset: str) -> Path:
+    """Records of models outside the zoo (other epochs, controls): only the reproduction uses them."""
     return LEADERBOARD_DIR / "reproductions" / "records" / dataset
+
+
+def results_dir(dataset: str) -> Path:
+    """Zoo entries' records live with the leaderboard's, so each entry is measured once."""
+    return LEADERBOARD_DIR / "results" / dataset
+
+
+def record_path(model: PlannedModel, dataset: str, budget: str) -> Path:
+    directory = results_dir(dataset) if model.zoo_entry is not None else records_dir(dataset)
+    return directory / f"{model.name}-{budget}.json"
 
 
 def page_path(dataset: str) -> Path:
@@ -111,12 +122,13 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
     models, sweeps = PLANS[dataset]
     out_dir = records_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results_dir(dataset).mkdir(parents=True, exist_ok=True)
     for model in models:
         if only and model.name not in only:
             continue
         defense, info = _planned_defense(model, dataset, num_classes, device)
         log(f"== {model.name}: {', '.join(model.families)} ({budget} budget)")
-        evaluate(defense, dataset, budget=budget, out=out_dir / f"{model.name}-{budget}.json",
+        evaluate(defense, dataset, budget=budget, out=record_path(model, dataset, budget),
                  device=device, data_dir=data_dir, entry=info, spec=spec, progress=progress,
                  families=model.families)
     zoo = load_zoo(dataset)
@@ -330,9 +342,9 @@ def claim_smoothing(sweeps: dict[str, dict]) -> ClaimOutcome:
 
 
 def load_records(dataset: str, budget: str) -> tuple[dict[str, dict], dict[str, dict]]:
-    directory = records_dir(dataset)
     evaluations, sweeps = {}, {}
-    for path in sorted(directory.glob(f"*-{budget}.json")):
+    paths = [*results_dir(dataset).glob(f"*-{budget}.json"), *records_dir(dataset).glob(f"*-{budget}.json")]
+    for path in sorted(p for p in paths if not p.name.endswith(".examples.json")):
         document = read_json(path)
         if isinstance(document, dict) and document.get("schema") == SWEEP_SCHEMA:
             sweeps[document["entry"]["name"]] = document

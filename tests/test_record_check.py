@@ -12,7 +12,7 @@ import pytest
 from benchmark.record_check import load_record
 from benchmark.results import RecordError, examples_path
 
-RECORDS = Path(__file__).resolve().parent.parent / "leaderboard" / "reproductions" / "records" / "fashion-mnist"
+RECORDS = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist"
 COMMITTED = sorted(p for p in RECORDS.glob("*-quick.json") if "smoothing" not in p.name)
 
 
