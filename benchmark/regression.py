@@ -1,0 +1,170 @@
+"""Regression replay of recorded leaderboard numbers: `pytest benchmark -k <dataset>`.
+
+Each recorded (entry, measurement) is re-evaluated on the regression subset, the first
+`REGRESSION_N` examples of the record's own evaluation subset (NAttack: the first
+`REGRESSION_NATTACK_N`), and compared with the record's per-example outcomes on those examples.
+Every random draw is keyed by (seed, measurement, example index), so a deterministic defense on
+the same device type must reproduce the recorded bits exactly; a randomized one (or another
+device type) must agree within the 95% intervals.
+
+The entry is rebuilt from the record alone: its registry architecture, its smoothing, and weights
+found by their sha256 (committed zoo weights, the judge's sources, or the cache). A missing
+resource (data, weights, GPU) is a skip that names it, never a pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.cache import cache_dir
+from benchmark.data import DataError
+from benchmark.defense import Defense, file_sha256
+from benchmark.defense import load as load_defense
+from benchmark.record_check import load_record
+from benchmark.results import read_outcomes
+from benchmark.spec import Spec, load_spec
+from benchmark.stats import intervals_overlap, wilson_interval
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPOSITORY / "leaderboard" / "results"
+REGRESSION_N = 40
+REGRESSION_NATTACK_N = 4
+REGRESSION_BUDGET = "regression"
+
+
+class MissingResource(Exception):
+    """What a regression test needs and this machine lacks; the test skips with this reason."""
+
+
+@dataclass(frozen=True)
+class RegressionCase:
+    record_path: Path
+    dataset: str
+    entry: str
+    measurement: str
+
+    @property
+    def test_id(self) -> str:
+        return "-".join((self.dataset.replace("-", "_"), self.entry, self.measurement.replace("/", "_")))
+
+
+def regression_cases(results_dir: Path = RESULTS_DIR) -> list[RegressionCase]:
+    cases = []
+    for path in sorted(results_dir.rglob("*.json")):
+        if path.name.endswith(".examples.json"):
+            continue
+        record = load_record(path, check_examples=False)
+        for measurement in ("clean", *record["attacks"]):
+            cases.append(RegressionCase(path, record["dataset"], record["entry"]["name"], measurement))
+    return cases
+
+
+def weight_search_dirs() -> list[Path]:
+    return [REPOSITORY / "baselines" / "zoo" / "weights", REPOSITORY / "benchmark" / "resources" / "sources",
+            cache_dir() / "models", cache_dir() / "training", cache_dir() / "sources"]
+
+
+@cache
+def _sha256_of(path: Path, size: int, mtime: float) -> str:
+    return file_sha256(path)
+
+
+def find_weights(sha256: str) -> Path:
+    """A local safetensors file with this sha256 (committed, or trained into the cache)."""
+    for directory in weight_search_dirs():
+        for path in sorted(directory.rglob("*.safetensors")) if directory.is_dir() else []:
+            if path.name.startswith("checkpoint"):
+                continue
+            stat = path.stat()
+            if _sha256_of(path, stat.st_size, stat.st_mtime) == sha256:
+                return path
+    raise MissingResource(f"weights with sha256 {sha256[:12]}... are not in the repository or the cache "
+                          f"({cache_dir()}); train or download them first")
+
+
+def defense_from_record(record: dict[str, Any], spec: Spec, device: torch.device) -> Defense:
+    entry = record["entry"]
+    dataset = spec.dataset(record["dataset"])
+    weights = find_weights(entry["weights"]["sha256"])
+    defense = load_defense(entry["architecture"], weights, num_classes=dataset.num_classes,
+                           sha256=entry["weights"]["sha256"], randomized=bool(entry.get("randomized")),
+                           in_channels=dataset.input_shape[0], device=device, name=entry["name"])
+    if entry.get("smoothing"):
+        from benchmark.smoothing import SmoothedDefense, SmoothingConfig
+
+        defense = SmoothedDefense(defense.model, dataset.num_classes, SmoothingConfig(**entry["smoothing"]),
+                                  name=entry["name"]).to(device)
+    return defense
+
+
+def regression_spec(spec: Spec, record: dict[str, Any]) -> Spec:
+    """The spec with a `regression` budget: the record's budget cut to the first examples."""
+    dataset = spec.dataset(record["dataset"])
+    recorded = dataset.budget(record["budget"])
+    budget = dataclasses.replace(recorded, name=REGRESSION_BUDGET, n=min(REGRESSION_N, record["n"]),
+                                 nattack_n=min(REGRESSION_NATTACK_N, record["nattack_n"]))
+    dataset = dataclasses.replace(dataset, budgets={**dataset.budgets, REGRESSION_BUDGET: budget})
+    return dataclasses.replace(spec, datasets={**spec.datasets, record["dataset"]: dataset})
+
+
+def _device_for(record: dict[str, Any]) -> torch.device:
+    recorded = record["provenance"].get("device", "cpu")
+    if str(recorded).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MissingResource("the record was measured on a GPU and this machine has none")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@cache
+def replay(record_path: Path) -> dict[str, np.ndarray]:
+    """Re-evaluate a record's entry on the regression subset: {measurement: bool [repeats, k]}."""
+    from benchmark.evaluate import EntryInfo, evaluate
+
+    record = load_record(record_path)
+    device = _device_for(record)
+    spec = regression_spec(load_spec(), record)
+    if spec.version != record["spec"]["version"]:
+        raise MissingResource(f"the record is of spec {record['spec']['version']}, this threatbench "
+                              f"judges with {spec.version}")
+    defense = defense_from_record(record, spec, device)
+    families = tuple(name for name, status in record["families"].items() if status.get("status") == "run")
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            evaluate(defense, record["dataset"], budget=REGRESSION_BUDGET, seed=record["seed"],
+                     out=Path(directory) / "regression.json", device=device,
+                     batch_size=record["provenance"].get("batch_size"), spec=spec, progress=False,
+                     entry=EntryInfo(name=record["entry"]["name"]), families=families)
+        except DataError as error:
+            raise MissingResource(f"the {record['dataset']} data directory is missing: {error}") from None
+        replayed = read_outcomes(Path(directory) / "regression.json")
+    return {name: outcome.correct for name, outcome in replayed.items()}
+
+
+def compare(record_path: Path, measurement: str) -> None:
+    """Assert the replayed outcomes of one measurement agree with the recorded ones."""
+    record = load_record(record_path)
+    replayed = replay(record_path)[measurement]
+    k = replayed.shape[1]
+    recorded = read_outcomes(record_path)[measurement].correct[:, :k]
+    exact = (not record["randomness"]["attacked_as_randomized"]
+             and _device_for(record).type == record["provenance"].get("device", "cpu").split(":")[0])
+    if exact:
+        differing = np.flatnonzero(replayed[0] != recorded[0])
+        assert differing.size == 0, (
+            f"{record['entry']['name']} {measurement}: examples {differing.tolist()} of the first {k} "
+            f"changed outcome ({int(recorded[0].sum())} correct recorded, {int(replayed[0].sum())} now)")
+        return
+    recorded_interval = wilson_interval(int(round(recorded.sum(axis=1).mean())), k)
+    replayed_interval = wilson_interval(int(round(replayed.sum(axis=1).mean())), k)
+    assert intervals_overlap(recorded_interval, replayed_interval), (
+        f"{record['entry']['name']} {measurement}: accuracy on the first {k} examples moved from "
+        f"{recorded_interval} to {replayed_interval} (95% intervals no longer overlap)")

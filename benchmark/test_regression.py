@@ -1,0 +1,21 @@
+"""Replays every recorded leaderboard number: `pytest benchmark -k fashion_mnist` (or imagenet, ...).
+
+One test per (entry, recorded measurement), with ids such as `fashion_mnist-A_adv-pgd`; see
+`benchmark/regression.py` for what is compared and when a test skips.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.regression import MissingResource, compare, regression_cases
+
+CASES = regression_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.test_id for case in CASES])
+def test_recorded_measurement_replays(case):
+    try:
+        compare(case.record_path, case.measurement)
+    except MissingResource as missing:
+        pytest.skip(str(missing))
