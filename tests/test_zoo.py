@@ -44,8 +44,9 @@ def test_the_whole_zoo_weighs_at_most_50_mb():
     assert total <= ZOO_LIMIT_BYTES, f"{total / 1e6:.1f} MB"
 
 
-@pytest.mark.parametrize("entry", ZOO.entries, ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", [e for e in ZOO.entries if e.committed], ids=lambda e: e.name)
 def test_each_entry_loads_as_a_defense_and_classifies(entry):
+    """Entries rebuilt from their recipe are loaded by the slow rebuild test instead."""
     defense = entry_defense(entry, 10)
     torch.manual_seed(0)
     labels = defense.predict(torch.rand(3, 1, 28, 28))
