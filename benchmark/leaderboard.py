@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.record_check import load_record
+from benchmark.references import Reference, hub_link, load_references
 from benchmark.results import atomic_write_text
 from benchmark.stats import intervals_overlap
 
@@ -120,7 +121,33 @@ def ranked_rows(rows: list[Row]) -> list[tuple[int, Row, bool]]:
             for index, row in enumerate(rankable)]
 
 
-def render_dataset(dataset: str, rows: list[Row]) -> str:
+def _measured_beside(claim_measurement: str, rows: list[Row], name: str) -> str:
+    for row in rows:
+        if row.name == name and (claim_measurement == "clean" or claim_measurement in row.record["attacks"]):
+            summary = row.record["clean"] if claim_measurement == "clean" else row.record["attacks"][claim_measurement]
+            return f"{_with_interval(summary)} ({row.record['budget']})"
+    return "not measured yet"
+
+
+def render_references(references: list[Reference], rows: list[Row]) -> list[str]:
+    lines = ["", "## Reference entries (numbers claimed by their papers)", "",
+             "The papers' own numbers, converted to accuracy where they report error rates. *Claimed* is "
+             "never *measured*: a measured number appears beside a claim only when a record of the same "
+             "entry exists, with its budget.", ""]
+    body = []
+    for reference in references:
+        for claim in reference.claimed:
+            body.append([reference.name, reference.role, claim.metric, f"`{claim.threatbench}`",
+                         f"{claim.top1:g}", "-" if claim.top5 is None else f"{claim.top5:g}",
+                         _measured_beside(claim.threatbench, rows, reference.name),
+                         f"[paper]({reference.paper}): {reference.source}", hub_link(reference)])
+    lines += _table(["entry", "role", "claim", "threatbench measurement", "claimed top-1",
+                     "claimed top-5", "measured top-1 [95% CI]", "source", "weights"], body)
+    notes = [f"- {r.name}: {r.revision_note}" for r in references if r.revision_note]
+    return lines + (["", *notes] if notes else [])
+
+
+def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = ()) -> str:
     lines = [f"# {dataset} leaderboard", "", GENERATED, "",
              "Ranked by the per-example worst case over all three families (on the NAttack subset, "
              "where every attack ran). **Bold**: statistically tied with the best (overlapping 95% "
@@ -140,6 +167,8 @@ def render_dataset(dataset: str, rows: list[Row]) -> str:
         lines += _table(["entry", "kind", "why provisional", *HEADERS],
                         [[r.name, r.record["entry"].get("kind", ""), r.why_provisional(), *_cells(r.record)]
                          for r in provisional])
+    if references:
+        lines += render_references(list(references), rows)
     return "\n".join(lines) + "\n"
 
 
@@ -150,8 +179,8 @@ INDEX_TEXT = """# threatbench leaderboards
 Every entry is judged under one fixed threat model (`benchmark/spec/v1.toml`, spec version in
 each row) by three families of attacks; the ranking key is the worst case over all of them.
 
-| dataset | ranked entries | provisional |
-|---|---|---|
+| dataset | ranked entries | provisional | references (claimed) |
+|---|---|---|---|
 {datasets}
 
 ## Columns
@@ -168,6 +197,8 @@ each row) by three families of attacks; the ranking key is the worst case over a
   counts flags that lacked the measurements they need.
 - **budget**: `full` (10,000 images, NAttack on 1,000; ImageNet 500) is the only one ranked.
 - **provenance**: the paper, the Hub repository at its pinned revision, and the weights' sha256.
+- **Reference entries**: published models with their papers' own numbers, labelled *claimed*
+  (`leaderboard/references/<dataset>.toml`); they get measured numbers only from real records.
 
 ## Reproduce a row
 
@@ -178,14 +209,19 @@ regenerates these pages.
 """
 
 
-def render_pages(results_dir: Path, spec_version: str | None) -> dict[str, str]:
+def render_pages(results_dir: Path, spec_version: str | None,
+                 references_dir: Path | None = None) -> dict[str, str]:
     """{file name: text} for the index and one page per dataset."""
     by_dataset = collect(results_dir, spec_version)
-    pages = {f"{dataset}.md": render_dataset(dataset, rows) for dataset, rows in sorted(by_dataset.items())}
-    listing = [f"| [{dataset}]({dataset}.md) | {len(ranked_rows(rows))} | "
-               f"{sum(1 for r in rows if not r.rankable)} |" for dataset, rows in sorted(by_dataset.items())]
+    references = load_references(references_dir or results_dir.parent / "references")
+    datasets = sorted(set(by_dataset) | set(references))
+    pages = {f"{dataset}.md": render_dataset(dataset, by_dataset.get(dataset, []), references.get(dataset, []))
+             for dataset in datasets}
+    listing = [f"| [{dataset}]({dataset}.md) | {len(ranked_rows(by_dataset.get(dataset, [])))} | "
+               f"{sum(1 for r in by_dataset.get(dataset, []) if not r.rankable)} | "
+               f"{len(references.get(dataset, []))} |" for dataset in datasets]
     pages["README.md"] = INDEX_TEXT.format(generated=GENERATED,
-                                           datasets="\n".join(listing) or "| (none yet) | 0 | 0 |")
+                                           datasets="\n".join(listing) or "| (none yet) | 0 | 0 | 0 |")
     return pages
 
 

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from benchmark.cache import cache_dir
-from benchmark.data import DataError
+from benchmark.data import DataError, load_evaluation_set
 from benchmark.defense import Defense, file_sha256
 from benchmark.defense import load as load_defense
 from benchmark.record_check import load_record
+from benchmark.references import load_references
 from benchmark.results import read_outcomes
 from benchmark.spec import Spec, load_spec
 from benchmark.stats import intervals_overlap, wilson_interval
@@ -46,7 +47,7 @@ class MissingResource(Exception):
 
 @dataclass(frozen=True)
 class RegressionCase:
-    record_path: Path
+    record_path: Path | None          # None: a reference entry with claimed numbers only
     dataset: str
     entry: str
     measurement: str
@@ -56,15 +57,33 @@ class RegressionCase:
         return "-".join((self.dataset.replace("-", "_"), self.entry, self.measurement.replace("/", "_")))
 
 
-def regression_cases(results_dir: Path = RESULTS_DIR) -> list[RegressionCase]:
-    cases = []
+def regression_cases(results_dir: Path = RESULTS_DIR, references_dir: Path | None = None) -> list[RegressionCase]:
+    """One case per recorded (entry, measurement), plus one per claim of a reference not yet measured."""
+    cases, measured = [], set()
     for path in sorted(results_dir.rglob("*.json")):
         if path.name.endswith(".examples.json"):
             continue
         record = load_record(path, check_examples=False)
+        measured.add((record["dataset"], record["entry"]["name"]))
         for measurement in ("clean", *record["attacks"]):
             cases.append(RegressionCase(path, record["dataset"], record["entry"]["name"], measurement))
+    references = load_references(references_dir or results_dir.parent / "references")
+    for dataset, entries in sorted(references.items()):
+        for reference in entries:
+            if (dataset, reference.name) not in measured:
+                cases += [RegressionCase(None, dataset, reference.name, claim.threatbench)
+                          for claim in reference.claimed]
     return cases
+
+
+def unmeasured_reason(case: RegressionCase) -> str:
+    """Why a reference entry has nothing to replay: the missing data first, else the missing record."""
+    try:
+        load_evaluation_set(case.dataset, 1, download=False)
+    except DataError as error:
+        return f"{case.entry}: claimed numbers only; measuring it needs the {case.dataset} data: {error}"
+    return (f"{case.entry}: claimed numbers only, no measured record in leaderboard/results/{case.dataset}/ "
+            "yet (measure it with the full budget, then its regressions replay)")
 
 
 def weight_search_dirs() -> list[Path]:
