@@ -299,6 +299,39 @@ def command_leaderboard(args) -> int:
     return 0
 
 
+def command_sweep(args) -> int:
+    from baselines.zoo import entry_defense, load_zoo
+    from benchmark.leaderboard import LEADERBOARD_DIR, write_pages
+    from benchmark.sweeps import eps_sweep
+
+    spec = load_spec()
+    device = _pick_device(args.device)
+    zoo = load_zoo(args.dataset)
+    dataset = spec.dataset(args.dataset)
+    try:
+        eps_values = sorted({float(value) for value in args.eps.split(",")})
+    except ValueError:
+        raise ThreatbenchError(f"--eps must be comma-separated numbers, got {args.eps!r}") from None
+    if any(not 0.0 <= eps <= 1.0 for eps in eps_values):
+        raise ThreatbenchError(f"every --eps value must lie in [0, 1], got {args.eps!r}")
+    out_dir = Path(args.out_dir) if args.out_dir else LEADERBOARD_DIR / "sweeps" / args.dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [n.strip() for n in args.entries.split(",")] if args.entries else zoo.names()
+    for name in names:
+        entry = zoo.entry(name)
+        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device)
+        record = eps_sweep(defense, dataset=args.dataset, spec=spec, eps_values=eps_values, n=args.n,
+                           out=out_dir / f"{name}.json", data_dir=args.data_dir, device=device,
+                           progress=not args.no_progress,
+                           entry={"name": name, "architecture": entry.architecture,
+                                  "weights": {"file": entry.weights_file, "sha256": entry.sha256}})
+        print(name + ": " + ", ".join(f"eps {p['eps']:g}: {100 * p['accuracy']:.1f}%" for p in record["points"]))
+    if not args.out_dir:
+        write_pages(LEADERBOARD_DIR, spec.version)
+        print(f"plot and page updated in {LEADERBOARD_DIR}")
+    return 0
+
+
 def command_train_source(args) -> int:
     from benchmark.cache import cache_dir
     from benchmark.sources import source_recipe
@@ -514,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--check", action="store_true", help="only report stale pages (exit 2 if any)")
     board.add_argument("--dir", help="leaderboard directory (default: the repository's leaderboard/)")
     board.set_defaults(handler=command_leaderboard)
+
+    sweep = commands.add_parser("sweep", help="PGD accuracy vs eps for zoo entries; plot on the leaderboard page")
+    sweep.add_argument("--dataset", default="fashion-mnist")
+    sweep.add_argument("--entries", help="comma-separated zoo entries (default: all)")
+    sweep.add_argument("--eps", default="0,0.025,0.05,0.075,0.1,0.15,0.2", help="comma-separated eps values")
+    sweep.add_argument("--n", type=int, default=200, help="images (the first n of the evaluation subset)")
+    sweep.add_argument("--out-dir", help="where the curves go (default: leaderboard/sweeps/<dataset>)")
+    sweep.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    sweep.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep.set_defaults(handler=command_sweep)
 
     train_source = commands.add_parser("train-source", help="train one of the judge's held-out sources")
     train_source.add_argument("--dataset", required=True)

@@ -147,7 +147,33 @@ def render_references(references: list[Reference], rows: list[Row]) -> list[str]
     return lines + (["", *notes] if notes else [])
 
 
-def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = ()) -> str:
+def load_eps_sweeps(sweeps_dir: Path, dataset: str) -> list[dict[str, Any]]:
+    from benchmark.results import read_json
+    from benchmark.sweeps import EPS_SWEEP_SCHEMA
+
+    records = [read_json(path) for path in sorted((sweeps_dir / dataset).glob("*.json"))]
+    return [r for r in records if isinstance(r, dict) and r.get("schema") == EPS_SWEEP_SCHEMA]
+
+
+def plot_name(dataset: str) -> str:
+    return f"{dataset}-eps.png"
+
+
+def render_eps_sweeps(dataset: str, sweeps: list[dict[str, Any]]) -> list[str]:
+    eps_values = sorted({p["eps"] for record in sweeps for p in record["points"]})
+    lines = ["", "## Accuracy vs eps", "", f"![accuracy under PGD vs eps]({plot_name(dataset)})", "",
+             f"PGD (EPGD for randomized entries) with the spec's schedule scaled to each eps; n = "
+             f"{sweeps[0]['n']} (`threatbench sweep`). Accuracy in %.", ""]
+    body = []
+    for record in sorted(sweeps, key=lambda r: r["entry"]["name"]):
+        by_eps = {p["eps"]: p for p in record["points"]}
+        body.append([record["entry"]["name"], record["attack"]["name"],
+                     *(_percent(by_eps.get(eps)) for eps in eps_values)])
+    return lines + _table(["entry", "attack", *(f"eps {eps:g}" for eps in eps_values)], body)
+
+
+def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = (),
+                   sweeps: list[dict[str, Any]] = ()) -> str:
     lines = [f"# {dataset} leaderboard", "", GENERATED, "",
              "Ranked by the per-example worst case over all three families (on the NAttack subset, "
              "where every attack ran). **Bold**: statistically tied with the best (overlapping 95% "
@@ -167,6 +193,8 @@ def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = 
         lines += _table(["entry", "kind", "why provisional", *HEADERS],
                         [[r.name, r.record["entry"].get("kind", ""), r.why_provisional(), *_cells(r.record)]
                          for r in provisional])
+    if sweeps:
+        lines += render_eps_sweeps(dataset, list(sweeps))
     if references:
         lines += render_references(list(references), rows)
     return "\n".join(lines) + "\n"
@@ -214,9 +242,11 @@ def render_pages(results_dir: Path, spec_version: str | None,
     """{file name: text} for the index and one page per dataset."""
     by_dataset = collect(results_dir, spec_version)
     references = load_references(references_dir or results_dir.parent / "references")
-    datasets = sorted(set(by_dataset) | set(references))
-    pages = {f"{dataset}.md": render_dataset(dataset, by_dataset.get(dataset, []), references.get(dataset, []))
-             for dataset in datasets}
+    sweep_datasets = {p.name for p in (results_dir.parent / "sweeps").glob("*") if p.is_dir()}
+    datasets = sorted(set(by_dataset) | set(references) | sweep_datasets)
+    sweeps = {dataset: load_eps_sweeps(results_dir.parent / "sweeps", dataset) for dataset in datasets}
+    pages = {f"{dataset}.md": render_dataset(dataset, by_dataset.get(dataset, []), references.get(dataset, []),
+                                             sweeps[dataset]) for dataset in datasets}
     listing = [f"| [{dataset}]({dataset}.md) | {len(ranked_rows(by_dataset.get(dataset, [])))} | "
                f"{sum(1 for r in by_dataset.get(dataset, []) if not r.rankable)} | "
                f"{len(references.get(dataset, []))} |" for dataset in datasets]
@@ -226,10 +256,15 @@ def render_pages(results_dir: Path, spec_version: str | None,
 
 
 def write_pages(out_dir: Path = LEADERBOARD_DIR, spec_version: str | None = None) -> list[Path]:
+    from benchmark.sweeps import plot_eps_sweeps
+
     written = []
     for name, text in render_pages(out_dir / "results", spec_version).items():
         atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
+        sweeps = load_eps_sweeps(out_dir / "sweeps", name[:-3]) if name != "README.md" else []
+        if sweeps:
+            written.append(plot_eps_sweeps(sweeps, out_dir / plot_name(name[:-3])))
     return written
 
 
