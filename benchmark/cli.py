@@ -191,6 +191,10 @@ def _worst(record, family: str) -> str:
     return "n/a" if not worst else _percent(worst["accuracy"])
 
 
+def _raised_flags(record) -> str:
+    return ", ".join(sorted(n for n, flag in record["flags"].items() if flag.get("raised") is True)) or "-"
+
+
 def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
     rows = []
     for record in records:
@@ -199,7 +203,7 @@ def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
                      _worst(record, "white_box"), _worst(record, "transfer"),
                      "n/a" if adaptive is None else
                      f"{_percent(adaptive['accuracy'])} ({adaptive['queries']['median']:g} q)",
-                     _worst(record, "all"), ", ".join(record.get("flags", [])) or "-"])
+                     _worst(record, "all"), _raised_flags(record)])
     return rows
 
 
