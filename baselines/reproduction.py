@@ -123,17 +123,23 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
     out_dir = records_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_dir(dataset).mkdir(parents=True, exist_ok=True)
+    zoo = load_zoo(dataset)
     for model in models:
         if only and model.name not in only:
+            continue
+        if model.zoo_entry is not None and model.zoo_entry not in zoo.names():
+            log(f"== {model.name}: not in the zoo ({zoo.path.name}), skipped")
             continue
         defense, info = _planned_defense(model, dataset, num_classes, device)
         log(f"== {model.name}: {', '.join(model.families)} ({budget} budget)")
         evaluate(defense, dataset, budget=budget, out=record_path(model, dataset, budget),
                  device=device, data_dir=data_dir, entry=info, spec=spec, progress=progress,
                  families=model.families)
-    zoo = load_zoo(dataset)
     for sweep in sweeps:
         if only and f"{sweep.model}-smoothing" not in only:
+            continue
+        if sweep.model not in zoo.names():
+            log(f"== {sweep.model}: not in the zoo ({zoo.path.name}), smoothing sweep skipped")
             continue
         out = out_dir / f"{sweep.model}-smoothing-{budget}.json"
         if out.is_file():
