@@ -463,12 +463,17 @@ def command_perf(args) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    """Where and how a command runs: device, data root, progress bars."""
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    parser.add_argument("--seed", type=int, help="default: the spec's seed")
     parser.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
-    parser.add_argument("--out", help="result record path (JSON); its directory must exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_runtime(parser)
+    parser.add_argument("--seed", type=int, help="default: the spec's seed")
+    parser.add_argument("--out", help="result record path (JSON); its directory must exist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,10 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated subset of white_box,transfer,adaptive")
     run.add_argument("--out-dir", default="threatbench-results",
                      help="records go to <out-dir>/<dataset>/<entry>-<budget>.json")
-    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--seed", type=int, help="default: the spec's seed")
-    run.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime(run)
     run.set_defaults(handler=command_run)
 
     zoo = commands.add_parser("zoo", help="manage the baseline zoo")
@@ -529,10 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a baseline defense from its recipe "
                                 "(baselines/recipes/<dataset>/<name>.toml)")
     train.add_argument("recipe", help="recipe file, or a path under baselines/recipes/")
-    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    train.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
     train.add_argument("--out", help="run directory (default: the cache, keyed by the recipe's sha256)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime(train)
     train.set_defaults(handler=command_train)
 
     reproduce = commands.add_parser("reproduce", help="check the papers' claims on our baselines and "
@@ -542,9 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--evaluate", action="store_true",
                            help="measure what has no record yet (else only render the page)")
     reproduce.add_argument("--only", help="comma-separated planned models / sweeps to measure")
-    reproduce.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    reproduce.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
-    reproduce.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime(reproduce)
     reproduce.set_defaults(handler=command_reproduce)
 
     board = commands.add_parser("leaderboard", help="regenerate leaderboard/*.md from leaderboard/results")
@@ -558,9 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--eps", default="0,0.025,0.05,0.075,0.1,0.15,0.2", help="comma-separated eps values")
     sweep.add_argument("--n", type=int, default=200, help="images (the first n of the evaluation subset)")
     sweep.add_argument("--out-dir", help="where the curves go (default: leaderboard/sweeps/<dataset>)")
-    sweep.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    sweep.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime(sweep)
     sweep.set_defaults(handler=command_sweep)
 
     train_source = commands.add_parser("train-source", help="train one of the judge's held-out sources")
