@@ -11,6 +11,7 @@ must match the pinned sha256 before anything is judged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from safetensors.torch import save_file
 
 from baselines.recipes import load_recipe
 from baselines.train import TrainedWeights, train_recipe
-from benchmark.defense import Defense, file_sha256, load_state, read_safetensors
+from benchmark.defense import Defense, file_sha256, read_safetensors
+from benchmark.entries import judged_defense
 from benchmark.errors import ThreatbenchError
-from benchmark.smoothing import SmoothedDefense, SmoothingConfig
+from benchmark.smoothing import SmoothingConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -197,16 +199,10 @@ def entry_weights(entry: ZooEntry, *, progress: bool = True) -> Path:
 def entry_defense(entry: ZooEntry, num_classes: int, *, in_channels: int = 1,
                   device: str | torch.device = "cpu") -> Defense:
     """The entry as the judge sees it: weights sha256-checked, smoothing applied when declared."""
-    from benchmark.architectures import build
-
-    classifier = build(entry.architecture, num_classes, in_channels=in_channels)
-    weights = entry_weights(entry)
-    load_state(classifier.network, read_safetensors(weights, sha256=entry.sha256), str(weights))
-    if entry.smoothing is not None:
-        defense = SmoothedDefense(classifier, num_classes, entry.smoothing, name=entry.name)
-    else:
-        defense = Defense(classifier, num_classes, randomized=entry.randomized, name=entry.name)
-    return defense.to(device)
+    smoothing = None if entry.smoothing is None else dataclasses.asdict(entry.smoothing)
+    return judged_defense(entry.architecture, entry_weights(entry), sha256=entry.sha256,
+                          num_classes=num_classes, in_channels=in_channels, name=entry.name,
+                          randomized=entry.randomized, smoothing=smoothing, device=device)
 
 
 def export_weights(trained: TrainedWeights, destination: Path, storage: str) -> str:

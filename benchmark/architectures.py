@@ -192,11 +192,12 @@ def registry_names() -> list[str]:
             *(f"{prefix}<any name above>" for prefix in NOISE_PREFIXES)]
 
 
-def _build_timm(model_name: str, num_classes: int) -> ImageClassifier:
+def _build_timm(model_name: str, num_classes: int, in_channels: int) -> ImageClassifier:
     import timm
 
     try:
-        network = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+        network = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
+                                    in_chans=in_channels)
     except RuntimeError as error:   # timm raises RuntimeError("Unknown model ...")
         raise ArchitectureError(
             f"unknown timm model {model_name!r} ({error}); list them with "
@@ -215,7 +216,7 @@ def build(name: str, num_classes: int, *, in_channels: int = 1) -> ImageClassifi
     if name in _CIFAR_FAMILY:
         return ImageClassifier(_CIFAR_FAMILY[name](num_classes), CIFAR10_MEAN, CIFAR10_STD)
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
-        return _build_timm(name[len(TIMM_PREFIX):], num_classes)
+        return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels)
     if name.startswith(NOISE_PREFIXES):
         kind, base = name.split(":", 1)
         classifier = build(base, num_classes, in_channels=in_channels)

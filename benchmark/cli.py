@@ -1,4 +1,4 @@
-"""`threatbench run | evaluate | spec | perf`.
+"""`threatbench run | evaluate | submission | leaderboard | spec | perf | ...`.
 
 A user mistake prints one line (`threatbench: error: ...`) and exits with 2, without a traceback.
 """
@@ -460,6 +460,84 @@ def command_perf(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- submissions
+
+
+def _manifest(path: str, spec: Spec | None = None):
+    from benchmark.manifest import load_manifest
+
+    return load_manifest(path, spec)
+
+
+def _fetch(manifest, args):
+    from benchmark.hub import fetch, store_dir
+
+    files = fetch(manifest, max_bytes=int(args.max_mb * 1e6), offline=args.offline)
+    got = ", ".join(files.downloaded) if files.downloaded else "nothing (all files already in the store)"
+    print(f"{manifest.name}: {manifest.model.repo}@{manifest.model.revision}: downloaded {got}; "
+          f"sha256 checked; store {store_dir(manifest.model)}")
+    return files
+
+
+def command_submission_validate(args) -> int:
+    spec = load_spec(args.spec)
+    for path in args.manifests:
+        manifest = _manifest(path, spec)
+        model = manifest.model
+        print(f"{path}: valid ({manifest.dataset}, {model.repo}@{model.revision[:12]}, "
+              f"{model.architecture}, {model.weights} sha256 {model.sha256[:12]}..., "
+              f"{'randomized' if model.randomized else 'deterministic'}"
+              f"{', smoothed' if model.smoothing else ''})")
+    return 0
+
+
+def command_submission_fetch(args) -> int:
+    _fetch(_manifest(args.manifest), args)
+    return 0
+
+
+def command_submission_check(args) -> int:
+    from benchmark.submission import smoke_check, submission_defense
+
+    spec = load_spec(args.spec)
+    manifest = _manifest(args.manifest, spec)
+    dataset = spec.dataset(manifest.dataset)
+    device = _pick_device(args.device)
+    defense, _ = submission_defense(manifest, _fetch(manifest, args), dataset, device)
+    report = smoke_check(defense, dataset, n=args.n, data_dir=args.data_dir, device=device)
+    print(f"{manifest.name}: loads as {defense.name}, output shape and values checked")
+    if report.missing_data:
+        print(f"clean accuracy not measured: {report.missing_data}")
+        return 0
+    low, high = report.interval
+    print(f"clean accuracy on the first {report.n} {dataset.name} test images: "
+          f"{_percent(report.accuracy)}% [{100 * low:.1f}, {100 * high:.1f}]")
+    claimed = manifest.claimed.get("clean")
+    if claimed is not None and not 100 * low <= claimed <= 100 * high:
+        print(f"warning: the manifest claims {claimed:g}% clean, outside this interval; check "
+              "model.preprocessing and the weights")
+    return 0
+
+
+def command_submission_evaluate(args) -> int:
+    from benchmark.evaluate import evaluate
+    from benchmark.submission import submission_defense
+
+    spec = load_spec(args.spec)
+    manifest = _manifest(args.manifest, spec)
+    device = _pick_device(args.device)
+    budget, reason = _run_budget(args, device)
+    defense, entry = submission_defense(manifest, _fetch(manifest, args), spec.dataset(manifest.dataset),
+                                        device)
+    out = _default_out(manifest.dataset, manifest.name, budget, Path(args.out_dir))
+    print(f"judging {manifest.name} on {manifest.dataset}, budget {budget} ({reason}) -> {out}")
+    result = evaluate(defense, manifest.dataset, budget=budget, seed=args.seed, out=out, device=device,
+                      data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress)
+    print(format_result(result))
+    print(f"\nrecord written to {out}; regenerate the pages with `threatbench leaderboard`")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -574,6 +652,40 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--budget", choices=["quick", "full"], default="quick")
     _add_common(matrix)
     matrix.set_defaults(handler=command_transfer_matrix)
+
+    submission = commands.add_parser("submission", help="validate, fetch, check and judge a Hub "
+                                     "submission (submissions/<name>.yaml)")
+    submission_commands = submission.add_subparsers(dest="submission_command", required=True,
+                                                    parser_class=_Parser)
+    validate = submission_commands.add_parser("validate", help="check manifests offline")
+    validate.add_argument("manifests", nargs="+", help="submissions/<name>.yaml files")
+    validate.add_argument("--spec", help="spec file (default: the packaged v1)")
+    validate.set_defaults(handler=command_submission_validate)
+    for name, handler, text in (
+            ("fetch", command_submission_fetch, "download the pinned files into the store, checking "
+             "sizes and sha256"),
+            ("check", command_submission_check, "CPU smoke check: load, output shape, clean accuracy on "
+             "a small subset"),
+            ("evaluate", command_submission_evaluate, "judge the submission under the full threat model "
+             "and write its record")):
+        command = submission_commands.add_parser(name, help=text)
+        command.add_argument("manifest", help="submissions/<name>.yaml")
+        command.add_argument("--max-mb", type=float, default=4000, help="largest file accepted (MB)")
+        command.add_argument("--offline", action="store_true", help="use only the store; no network")
+        command.set_defaults(handler=handler)
+        if name == "fetch":
+            continue
+        command.add_argument("--spec", help="spec file (default: the packaged v1)")
+        _add_runtime(command)
+        if name == "check":
+            command.add_argument("--n", type=int, default=200, help="test images for clean accuracy")
+        else:
+            command.add_argument("--budget", choices=["quick", "full"],
+                                 help="default: full on a GPU, else quick (labelled provisional)")
+            command.add_argument("--out-dir", default="threatbench-results",
+                                 help="the record goes to <out-dir>/<dataset>/<name>-<budget>.json "
+                                      "(leaderboard/results for the leaderboard)")
+            command.add_argument("--seed", type=int, help="default: the spec's seed")
 
     perf = commands.add_parser("perf", help="time each attack per step against the forward+backward floor")
     perf.add_argument("--device", choices=["cpu", "cuda"])

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from benchmark.architectures import build
+from benchmark.architectures import ImageClassifier, build
 from benchmark.errors import DefenseOutputError, WeightsError
 
 
@@ -147,9 +148,15 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 def load(arch: str, weights: str | os.PathLike | None, *, num_classes: int, sha256: str | None = None,
          randomized: bool = False, in_channels: int = 1, device: str | torch.device = "cpu",
-         name: str | None = None) -> Defense:
-    """Build `arch`, load its safetensors `weights` (sha256-checked when given), wrap as a Defense."""
+         name: str | None = None, normalization: dict[str, Sequence[float]] | None = None) -> Defense:
+    """Build `arch`, load its safetensors `weights` (sha256-checked when given), wrap as a Defense.
+
+    `normalization` ({"mean": [...], "std": [...]}) replaces the architecture's own input
+    normalization, e.g. a submission's preprocessing.
+    """
     classifier = build(arch, num_classes, in_channels=in_channels)
+    if normalization is not None:
+        classifier = ImageClassifier(classifier.network, normalization["mean"], normalization["std"])
     if weights is not None:
         load_state(classifier.network, read_safetensors(weights, sha256=sha256), str(weights))
     defense = Defense(classifier, num_classes, randomized=randomized, name=name or arch)

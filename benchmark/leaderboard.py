@@ -147,6 +147,34 @@ def render_references(references: list[Reference], rows: list[Row]) -> list[str]
     return lines + (["", *notes] if notes else [])
 
 
+def _measured_summary(record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The record's number for a claim key: clean, a family's worst case ("all" too), or an attack."""
+    if key == "clean":
+        return record["clean"]
+    if key in record["worst_case"]:
+        return record["worst_case"][key]
+    return record["attacks"].get(key)
+
+
+def render_submission_claims(rows: list[Row]) -> list[str]:
+    """Submitters' own numbers (from their manifests) beside what the judge measured."""
+    body = []
+    for row in sorted(rows, key=lambda r: (r.name, r.record["budget"])):
+        claimed = ((row.record["entry"].get("submission") or {}).get("claimed")) or {}
+        for key, value in claimed.items():
+            if key == "source":
+                continue
+            summary = _measured_summary(row.record, key)
+            measured = "not measured" if summary is None else f"{_with_interval(summary)} ({row.record['budget']})"
+            body.append([row.name, f"`{key}`", f"{value:g}", measured, claimed.get("source", "-")])
+    if not body:
+        return []
+    return ["", "## Submitters' claims", "",
+            "Numbers the submitters claim in their manifests, beside the judge's measurement of the same "
+            "quantity under this spec. A claim is never shown as measured.", "",
+            *_table(["entry", "claim", "claimed", "measured [95% CI]", "source"], body)]
+
+
 def load_eps_sweeps(sweeps_dir: Path, dataset: str) -> list[dict[str, Any]]:
     from benchmark.results import read_json
     from benchmark.sweeps import EPS_SWEEP_SCHEMA
@@ -193,6 +221,7 @@ def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = 
         lines += _table(["entry", "kind", "why provisional", *HEADERS],
                         [[r.name, r.record["entry"].get("kind", ""), r.why_provisional(), *_cells(r.record)]
                          for r in provisional])
+    lines += render_submission_claims(rows)
     if sweeps:
         lines += render_eps_sweeps(dataset, list(sweeps))
     if references:
@@ -232,7 +261,8 @@ each row) by three families of attacks; the ranking key is the worst case over a
 
 `threatbench evaluate --dataset <dataset> --arch <arch> --weights <file> --sha256 <sha256>
 --budget full` re-runs an entry; for the baselines, `threatbench run --entries <name> --budget
-full`. The record lands in `leaderboard/results/<dataset>/` and `threatbench leaderboard`
+full`; for a Hub submission, `threatbench submission evaluate submissions/<name>.yaml --budget
+full` (see `submissions/README.md`). The record lands in `leaderboard/results/<dataset>/` and `threatbench leaderboard`
 regenerates these pages.
 """
 

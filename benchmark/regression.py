@@ -27,7 +27,7 @@ import torch
 from benchmark.cache import cache_dir
 from benchmark.data import DataError, load_evaluation_set
 from benchmark.defense import Defense, file_sha256
-from benchmark.defense import load as load_defense
+from benchmark.entries import judged_defense
 from benchmark.record_check import load_record
 from benchmark.references import load_references
 from benchmark.results import read_outcomes
@@ -88,7 +88,8 @@ def unmeasured_reason(case: RegressionCase) -> str:
 
 def weight_search_dirs() -> list[Path]:
     return [REPOSITORY / "baselines" / "zoo" / "weights", REPOSITORY / "benchmark" / "resources" / "sources",
-            cache_dir() / "models", cache_dir() / "training", cache_dir() / "sources"]
+            cache_dir() / "models", cache_dir() / "training", cache_dir() / "sources",
+            cache_dir() / "submissions"]
 
 
 @cache
@@ -112,16 +113,12 @@ def find_weights(sha256: str) -> Path:
 def defense_from_record(record: dict[str, Any], spec: Spec, device: torch.device) -> Defense:
     entry = record["entry"]
     dataset = spec.dataset(record["dataset"])
-    weights = find_weights(entry["weights"]["sha256"])
-    defense = load_defense(entry["architecture"], weights, num_classes=dataset.num_classes,
-                           sha256=entry["weights"]["sha256"], randomized=bool(entry.get("randomized")),
-                           in_channels=dataset.input_shape[0], device=device, name=entry["name"])
-    if entry.get("smoothing"):
-        from benchmark.smoothing import SmoothedDefense, SmoothingConfig
-
-        defense = SmoothedDefense(defense.model, dataset.num_classes, SmoothingConfig(**entry["smoothing"]),
-                                  name=entry["name"]).to(device)
-    return defense
+    return judged_defense(entry["architecture"], find_weights(entry["weights"]["sha256"]),
+                          sha256=entry["weights"]["sha256"], num_classes=dataset.num_classes,
+                          in_channels=dataset.input_shape[0], name=entry["name"],
+                          randomized=bool(entry.get("randomized")),
+                          normalization=entry.get("normalization"), smoothing=entry.get("smoothing"),
+                          device=device)
 
 
 def regression_spec(spec: Spec, record: dict[str, Any]) -> Spec:

@@ -1,0 +1,138 @@
+"""A Hub submission as the judge sees it: its defense, its record entry, its CPU smoke check.
+
+The defense is built only from the registry (or the timm architecture a config.json names) and the
+manifest's safetensors weights: nothing from the submission is imported, executed or unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.architectures import TIMM_PREFIX
+from benchmark.data import DataError, load_evaluation_set
+from benchmark.defense import Defense
+from benchmark.entries import judged_defense
+from benchmark.evaluate import EntryInfo, check_defense_output
+from benchmark.hub import FetchedFiles
+from benchmark.manifest import Manifest, ManifestError
+from benchmark.spec import DatasetSpec
+from benchmark.stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What the judge builds: a registry architecture and the input normalization, if any."""
+
+    architecture: str
+    normalization: dict[str, list[float]] | None
+
+
+def _config_document(path: Path, where: str) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{where}: config.json is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("architecture"), str):
+        raise ManifestError(f"{where}: config.json has no \"architecture\" (a timm model name), as "
+                            "timm's save_for_hf writes it")
+    return document
+
+
+def resolve_config(path: Path, dataset: DatasetSpec, where: str) -> ResolvedModel:
+    """The timm architecture and normalization a timm config.json declares, checked against the spec."""
+    import timm
+
+    document = _config_document(path, where)
+    name = document["architecture"]
+    if not timm.is_model(name):
+        raise ManifestError(f"{where}: config.json names architecture {name!r}, which timm does not "
+                            "have; only timm architectures can come from a config.json")
+    pretrained = document.get("pretrained_cfg") or {}
+    classes = document.get("num_classes", pretrained.get("num_classes"))
+    if classes is not None and classes != dataset.num_classes:
+        raise ManifestError(f"{where}: config.json says num_classes {classes}, {dataset.name} has "
+                            f"{dataset.num_classes}; the model's output must have one logit per class")
+    size = pretrained.get("input_size")
+    if size is not None and tuple(size) != tuple(dataset.input_shape):
+        raise ManifestError(f"{where}: config.json's input_size {list(size)} differs from the spec's "
+                            f"{list(dataset.input_shape)} for {dataset.name}; every entry is judged on "
+                            "the spec's fixed preprocessing")
+    normalization = None
+    if "mean" in pretrained and "std" in pretrained:
+        normalization = {"mean": [float(v) for v in pretrained["mean"]],
+                         "std": [float(v) for v in pretrained["std"]]}
+    return ResolvedModel(f"{TIMM_PREFIX}{name}", normalization)
+
+
+def resolve_model(manifest: Manifest, files: FetchedFiles, dataset: DatasetSpec) -> ResolvedModel:
+    model = manifest.model
+    if model.from_config:
+        return resolve_config(files.config, dataset, f"{manifest.path.name} ({model.repo})")
+    normalization = None if model.preprocessing is None else dataclasses.asdict(model.preprocessing)
+    if normalization is not None:
+        normalization = {k: list(v) for k, v in normalization.items()}
+    return ResolvedModel(model.architecture, normalization)
+
+
+def submission_defense(manifest: Manifest, files: FetchedFiles, dataset: DatasetSpec,
+                       device: str | torch.device = "cpu") -> tuple[Defense, EntryInfo]:
+    """The submission's defense (weights sha256-checked again on load) and its record entry."""
+    model = manifest.model
+    resolved = resolve_model(manifest, files, dataset)
+    smoothing = None if model.smoothing is None else dataclasses.asdict(model.smoothing)
+    defense = judged_defense(resolved.architecture, files.weights, sha256=model.sha256,
+                             num_classes=dataset.num_classes, in_channels=dataset.input_shape[0],
+                             name=manifest.name, randomized=model.randomized,
+                             normalization=resolved.normalization, smoothing=smoothing, device=device)
+    weights = {"repo": model.repo, "revision": model.revision, "file": model.weights, "sha256": model.sha256}
+    if model.from_config:
+        weights["config_sha256"] = model.config_sha256
+    entry = EntryInfo(
+        name=manifest.name, kind="submission", architecture=resolved.architecture, weights=weights,
+        paper=manifest.paper, smoothing=smoothing, normalization=resolved.normalization,
+        submission={**manifest.summary(), "authors": list(manifest.authors), "license": manifest.license,
+                    "claimed": manifest.claimed or None},
+    )
+    return defense, entry
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    n: int
+    correct: int | None               # None: the dataset is not on this machine
+    interval: tuple[float, float] | None
+    missing_data: str | None
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else self.correct / self.n
+
+
+@torch.no_grad()
+def smoke_check(defense: Defense, dataset: DatasetSpec, *, n: int = 200, data_dir: str | Path | None = None,
+                confidence: float = 0.95, device: str | torch.device = "cpu") -> SmokeReport:
+    """Load check, output shape and finiteness, and clean accuracy on the first n examples.
+
+    Without the dataset (e.g. ImageNet on a CI runner) the interface is checked on random images of
+    the spec's input shape, and the report names the missing data instead of an accuracy.
+    """
+    preprocessing = dataset.preprocessing.as_dict() if dataset.preprocessing else None
+    try:
+        eval_set = load_evaluation_set(dataset.name, n, data_dir, imagenet_preprocessing=preprocessing)
+    except DataError as error:
+        x = torch.rand((4, *dataset.input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+        check_defense_output(defense, x, dataset.num_classes)
+        return SmokeReport(n=0, correct=None, interval=None, missing_data=str(error))
+    images = torch.stack([eval_set[i][0] for i in range(len(eval_set))]).to(device)
+    labels = eval_set.labels[: len(eval_set)].to(device)
+    check_defense_output(defense, images[:64], dataset.num_classes)
+    correct = sum(int((defense.predict(images[i:i + 100]) == labels[i:i + 100]).sum())
+                  for i in range(0, len(images), 100))
+    return SmokeReport(n=len(images), correct=correct,
+                       interval=wilson_interval(correct, len(images), confidence), missing_data=None)

@@ -1,0 +1,346 @@
+"""Hub submissions end to end against a real local Hub (olah), and every bad input the harness refuses."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from benchmark.cli import main
+from benchmark.defense import file_sha256
+from benchmark.hub import HubError, fetch, store_dir
+from benchmark.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest
+from benchmark.results import read_record
+from benchmark.spec import DEFAULT_SPEC_PATH
+from tests.conftest import requires_fashion
+from tests.local_hub import OLAH_REASON, LocalHub, olah_installed
+
+ZOO_A = Path(__file__).resolve().parent.parent / "baselines" / "zoo" / "weights" / "fashion-mnist" / "A.safetensors"
+PICKLE_MARKER = "threatbench-test-pickle-was-loaded"
+
+requires_olah = pytest.mark.skipif(not olah_installed(), reason=OLAH_REASON)
+
+
+@pytest.fixture(scope="module")
+def local_hub(tmp_path_factory):
+    if not olah_installed():
+        pytest.skip(OLAH_REASON)
+    hub = LocalHub(tmp_path_factory.mktemp("hub")).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub(local_hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", local_hub.endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return local_hub
+
+
+def manifest_document(name: str = "robust-a", **model) -> dict:
+    return {
+        "schema": MANIFEST_SCHEMA, "name": name, "dataset": "fashion-mnist",
+        "paper": "https://arxiv.org/abs/1705.07204", "authors": ["Ada Example"], "license": "MIT",
+        "model": {"repo": "alice/robust-a", "revision": "0" * 40, "architecture": "mnist_a",
+                  "weights": "model.safetensors", "sha256": "a" * 64, "randomized": False, **model},
+    }
+
+
+def write_manifest(directory: Path, document: dict) -> Path:
+    path = directory / f"{document['name']}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def published(hub: LocalHub, directory: Path, repo: str, files: dict, name: str = "robust-a",
+              weights: str = "model.safetensors", sha256: str | None = None, **model) -> Path:
+    """Commit `files` to `repo` on the local Hub and write a manifest pinning that commit."""
+    revision = hub.commit(repo, files)
+    content = files.get(weights)
+    if sha256 is None:
+        sha256 = file_sha256(content) if isinstance(content, Path) else "b" * 64
+    return write_manifest(directory, manifest_document(name, repo=repo, revision=revision, weights=weights,
+                                                       sha256=sha256, **model))
+
+
+def stored_files(manifest_path: Path) -> list[Path]:
+    root = store_dir(load_manifest(manifest_path).model).parent
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+# ---------------------------------------------------------------- manifest validation (offline)
+
+
+def test_a_valid_manifest_is_parsed_with_every_field(tmp_path):
+    document = manifest_document(preprocessing={"mean": [0.5], "std": [0.25]},
+                                 smoothing={"samples": 8, "sigma": 0.05}, randomized=True)
+    document["claimed"] = {"source": "Table 2", "clean": 84.0, "pgd": 55.5, "eps": 0.1}
+    manifest = load_manifest(write_manifest(tmp_path, document))
+    assert manifest.model.preprocessing.std == (0.25,)
+    assert manifest.model.smoothing.vote == "prediction"
+    assert manifest.claimed == {"source": "Table 2", "clean": 84.0, "pgd": 55.5}
+    assert manifest.model.files() == {"model.safetensors": "a" * 64}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["model"].update(revision="main"), "model.revision: 'main' is not a full 40-hex commit sha"),
+    (lambda d: d["model"].update(revision="21d45c5"), "model.revision: '21d45c5' is not a full 40-hex"),
+    (lambda d: d["model"].update(architecture="resnet9000"), "model.architecture: unknown architecture"),
+    (lambda d: d.update(dataset="svhn"), "dataset: "),
+    (lambda d: d["model"].update(weights="pytorch_model.bin"), "not a .safetensors file (a pickle format"),
+    (lambda d: d["model"].update(weights="../../etc/passwd.safetensors"), "a plain path inside the repository"),
+    (lambda d: d["model"].update(sha256="abc"), "model.sha256: 'abc' is not valid"),
+    (lambda d: d["model"].update(colour="blue"), "model.colour: unknown key"),
+    (lambda d: d.update(extra=1), "extra: unknown key"),
+    (lambda d: d["model"].pop("randomized"), "model.randomized: missing"),
+    (lambda d: d.update(schema="threatbench.submission/0"), "schema: 'threatbench.submission/0' is not supported"),
+    (lambda d: d["model"].update(preprocessing={"mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]}),
+     "expected a list of 1 numbers (one per input channel)"),
+    (lambda d: d["model"].update(smoothing={"samples": 8, "sigma": 0.1}), "smoothed inference draws noise"),
+    (lambda d: d["model"].update(architecture="pni:mnist_a"), "declare randomized: true"),
+    (lambda d: d["model"].update(architecture="config.json"), "model.config_sha256: missing"),
+    (lambda d: d.update(claimed={"pgd": 140}), "claimed.pgd: 140 is outside [0, 100]"),
+    (lambda d: d.update(claimed={"eps": 0.3, "pgd": 40}), "differs from the spec's eps 0.1"),
+    (lambda d: d.update(authors=[]), "authors: expected a non-empty list"),
+])
+def test_invalid_manifests_are_refused_naming_the_key(tmp_path, capsys, change, message):
+    document = manifest_document()
+    change(document)
+    path = write_manifest(tmp_path, document)
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        load_manifest(path)
+    code, output = run_cli(capsys, "submission", "validate", str(path))
+    assert code == 2 and output.startswith("threatbench: error: robust-a.yaml: ")
+
+
+def test_manifest_name_must_match_its_file_and_yaml_objects_are_never_constructed(tmp_path):
+    document = manifest_document()
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ManifestError, match="must equal the file name 'other'"):
+        load_manifest(path)
+    path = tmp_path / "robust-a.yaml"
+    path.write_text("!!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- the local Hub flow
+
+
+@requires_olah
+@requires_fashion
+@pytest.mark.slow
+def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys, monkeypatch):
+    manifest = published(hub, tmp_path, "alice/robust-a", {"model.safetensors": ZOO_A, "README.md": b"# A\n"})
+    document = yaml.safe_load(manifest.read_text())
+    document["claimed"] = {"source": "our run", "clean": 91.0}
+    manifest.write_text(yaml.safe_dump(document))
+
+    code, output = run_cli(capsys, "submission", "validate", str(manifest))
+    assert code == 0 and "valid (fashion-mnist, alice/robust-a@" in output
+
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 0 and "downloaded model.safetensors; sha256 checked" in output
+    assert [p.name for p in stored_files(manifest)] == ["model.safetensors"], "README.md is never fetched"
+
+    code, output = run_cli(capsys, "submission", "check", str(manifest), "--n", "100", "--no-progress")
+    assert code == 0 and "clean accuracy on the first 100 fashion-mnist test images" in output
+    accuracy = float(re.search(r"test images: ([\d.]+)%", output).group(1))
+    assert accuracy > 80, "model A of the zoo is about 92% accurate"
+
+    spec = tmp_path / "small-spec.toml"
+    spec.write_text(re.sub(r"(\[datasets\.fashion-mnist\.budgets\.quick\]\n)n = 500\nnattack_n = 50[^\n]*\n"
+                           r"nattack_max_iterations = 50",
+                           r"\1n = 100\nnattack_n = 4\nnattack_max_iterations = 5",
+                           DEFAULT_SPEC_PATH.read_text()))
+    board = tmp_path / "leaderboard"
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # re-runs need no network
+    code, output = run_cli(capsys, "submission", "evaluate", str(manifest), "--budget", "quick", "--spec",
+                           str(spec), "--out-dir", str(board / "results"), "--no-progress")
+    assert code == 0, output
+    assert "downloaded nothing (all files already in the store)" in output
+    record = read_record(board / "results" / "fashion-mnist" / "robust-a-quick.json")
+    assert record["entry"]["kind"] == "submission"
+    assert record["entry"]["weights"]["revision"] == document["model"]["revision"]
+    assert record["entry"]["weights"]["sha256"] == file_sha256(ZOO_A)
+    assert record["entry"]["submission"]["claimed"] == {"source": "our run", "clean": 91.0}
+    assert record["entry"]["submission"]["sha256"] == file_sha256(manifest)
+    assert all(status["status"] == "run" for status in record["families"].values())
+    assert record["attacks"]["pgd"]["accuracy"] < record["clean"]["accuracy"]
+
+    code, output = run_cli(capsys, "leaderboard", "--dir", str(board))
+    assert code == 0
+    page = (board / "fashion-mnist.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| robust-a |"))
+    assert "| submission |" in row and "quick budget (n = 100)" in row
+    assert f"alice/robust-a@{document['model']['revision'][:7]}" in row
+    assert "claimed" in page and "91.0" in page
+
+
+@requires_olah
+@requires_fashion
+def test_config_json_architectures_are_built_from_timm_names_only(hub, tmp_path):
+    from benchmark.spec import load_spec
+    from benchmark.submission import submission_defense
+
+    config = json.dumps({"architecture": "resnet18", "num_classes": 10,
+                         "pretrained_cfg": {"mean": [0.5], "std": [0.5], "input_size": [1, 28, 28]}}).encode()
+    (tmp_path / "config.json").write_bytes(config)
+    import timm
+
+    network = timm.create_model("resnet18", num_classes=10, in_chans=1)
+    save_file(network.state_dict(), str(tmp_path / "model.safetensors"))
+    manifest_path = published(hub, tmp_path, "alice/timm-config", {
+        "config.json": tmp_path / "config.json", "model.safetensors": tmp_path / "model.safetensors"},
+        architecture="config.json", config_sha256=file_sha256(tmp_path / "config.json"))
+    manifest = load_manifest(manifest_path)
+    files = fetch(manifest)
+    assert sorted(files.downloaded) == ["config.json", "model.safetensors"]
+    dataset = load_spec().dataset("fashion-mnist")
+    defense, entry = submission_defense(manifest, files, dataset)
+    assert entry.architecture == "timm:resnet18" and entry.normalization == {"mean": [0.5], "std": [0.5]}
+    assert defense.predict(torch.rand(2, 1, 28, 28)).shape == (2,)
+
+    config = json.dumps({"architecture": "resnet18", "num_classes": 1000}).encode()
+    (tmp_path / "config.json").write_bytes(config)
+    manifest_path = published(hub, tmp_path, "alice/timm-config", {"config.json": tmp_path / "config.json"},
+                              architecture="config.json", sha256=file_sha256(tmp_path / "model.safetensors"),
+                              config_sha256=file_sha256(tmp_path / "config.json"))
+    manifest = load_manifest(manifest_path)
+    with pytest.raises(ManifestError, match="config.json says num_classes 1000, fashion-mnist has 10"):
+        submission_defense(manifest, fetch(manifest), dataset)
+
+
+# ---------------------------------------------------------------- bad input against the Hub
+
+
+@requires_olah
+def test_a_repository_or_file_that_does_not_exist_is_a_clear_error(hub, tmp_path, capsys):
+    manifest = published(hub, tmp_path, "alice/exists", {"model.safetensors": ZOO_A})
+    document = yaml.safe_load(manifest.read_text())
+    document["model"]["repo"] = "alice/does-not-exist"
+    write_manifest(tmp_path, document)
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and "repository or revision not found" in output
+
+    document["model"].update(repo="alice/exists", weights="weights/other.safetensors")
+    write_manifest(tmp_path, document)
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and "has no file 'weights/other.safetensors'" in output and "model.safetensors" in output
+
+    document["model"].update(weights="model.safetensors", revision="1" * 40)
+    write_manifest(tmp_path, document)
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    # The real Hub answers an unknown revision with RevisionNotFound, olah with a 500: both are named.
+    assert code == 2 and f"alice/exists@{'1' * 40}: " in output
+    assert "revision does not exist" in output or "answered with an error" in output
+    assert stored_files(manifest) == []
+
+
+@requires_olah
+def test_a_sha256_mismatch_is_refused_and_nothing_is_left_behind(hub, tmp_path, capsys):
+    manifest = published(hub, tmp_path, "alice/mismatch", {"model.safetensors": ZOO_A}, sha256="c" * 64)
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and f"has sha256 {file_sha256(ZOO_A)}, the manifest pins {'c' * 64}" in output
+    assert stored_files(manifest) == [], "the rejected download and the temporary folder are deleted"
+
+
+@requires_olah
+def test_a_file_over_the_size_limit_is_never_downloaded(hub, tmp_path, capsys):
+    manifest = published(hub, tmp_path, "alice/large", {"model.safetensors": ZOO_A})
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest), "--max-mb", "1")
+    assert code == 2 and "model.safetensors is 6.8 MB, over the 1 MB limit" in output
+    assert stored_files(manifest) == []
+
+
+@requires_olah
+def test_a_repository_with_only_pickle_weights_is_refused(hub, tmp_path, capsys):
+    checkpoint = tmp_path / "pytorch_model.bin"
+    torch.save(load_file(str(ZOO_A)), checkpoint)
+    manifest = published(hub, tmp_path, "alice/pickles", {"pytorch_model.bin": checkpoint})
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and "only pickle weights (pytorch_model.bin)" in output
+    assert "never downloads or loads pickles" in output
+    assert stored_files(manifest) == []
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, 'w')`: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@requires_olah
+@requires_fashion
+def test_a_malicious_pickle_beside_valid_weights_is_never_downloaded_or_loaded(hub, tmp_path, capsys):
+    marker = tmp_path / PICKLE_MARKER
+    malicious = tmp_path / "pytorch_model.bin"
+    malicious.write_bytes(pickle.dumps({"state": bytes(4096), "payload": _Payload(marker)}))
+    manifest = published(hub, tmp_path, "mallory/trojan", {"model.safetensors": ZOO_A,
+                                                           "pytorch_model.bin": malicious,
+                                                           "optimizer.pt": malicious})
+    code, output = run_cli(capsys, "submission", "check", str(manifest), "--n", "50", "--no-progress")
+    assert code == 0, output
+    assert not marker.exists(), "the pickle payload ran"
+    everything = [p.name for p in Path(store_dir(load_manifest(manifest).model)).parents[1].rglob("*")]
+    assert "pytorch_model.bin" not in everything and "optimizer.pt" not in everything
+    assert [p.name for p in stored_files(manifest)] == ["model.safetensors"]
+
+
+@requires_olah
+@requires_fashion
+def test_nan_outputs_and_weights_of_another_shape_are_refused(hub, tmp_path, capsys):
+    state = load_file(str(ZOO_A))
+    bias = next(k for k in state if k.endswith("bias"))
+    state[bias] = torch.full_like(state[bias], float("nan"))
+    save_file(state, str(tmp_path / "model.safetensors"))
+    manifest = published(hub, tmp_path, "alice/nan", {"model.safetensors": tmp_path / "model.safetensors"})
+    code, output = run_cli(capsys, "submission", "check", str(manifest), "--n", "50", "--no-progress")
+    assert code == 2 and "contains NaN or inf" in output
+
+    manifest = published(hub, tmp_path, "alice/nan", {"model.safetensors": ZOO_A}, architecture="mnist_d")
+    code, output = run_cli(capsys, "submission", "check", str(manifest), "--n", "50", "--no-progress")
+    assert code == 2 and "the weights do not fit this architecture" in output
+
+
+@requires_olah
+def test_an_unreachable_hub_is_a_clear_error_and_fetched_files_work_offline(hub, tmp_path, capsys, monkeypatch):
+    manifest = published(hub, tmp_path, "alice/offline", {"model.safetensors": ZOO_A})
+    assert run_cli(capsys, "submission", "fetch", str(manifest))[0] == 0
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 0 and "downloaded nothing" in output
+
+    stored = store_dir(load_manifest(manifest).model) / "model.safetensors"
+    stored.write_bytes(b"tampered")   # a damaged store file is fetched again, which needs the Hub
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and "cannot reach the Hub at http://127.0.0.1:9" in output
+
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest), "--offline")
+    assert code == 2 and "not in the store" in output
+
+
+def test_fetch_refuses_when_nothing_is_stored_and_offline_is_requested(tmp_path):
+    manifest = load_manifest(write_manifest(tmp_path, manifest_document()))
+    with pytest.raises(HubError, match="model.safetensors not in the store"):
+        fetch(manifest, offline=True)
