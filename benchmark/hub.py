@@ -82,7 +82,6 @@ def _hub_failure(error: Exception, model: HubModel) -> HubError | None:
 def _remote_files(model: HubModel) -> dict[str, tuple[int | None, str | None]]:
     """path -> (size, LFS sha256 when the Hub reports one) for every file at the revision."""
     from huggingface_hub import HfApi
-
     from huggingface_hub.errors import EntryNotFoundError
 
     api = HfApi(endpoint=endpoint())

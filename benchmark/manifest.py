@@ -139,6 +139,9 @@ class _Checker:
         return table
 
     def text(self, value: Any, key: str, pattern: re.Pattern | None = None, hint: str = "") -> str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise self.fail(key, f"YAML read {value!r} as a number; quote the value: {key.split('.')[-1]}: "
+                            '"..."')
         if not isinstance(value, str) or not value.strip():
             raise self.fail(key, f"expected a non-empty string, got {value!r}")
         if pattern is not None and not pattern.fullmatch(value):

@@ -103,6 +103,7 @@ def test_a_valid_manifest_is_parsed_with_every_field(tmp_path):
     (lambda d: d["model"].update(weights="pytorch_model.bin"), "not a .safetensors file (a pickle format"),
     (lambda d: d["model"].update(weights="../../etc/passwd.safetensors"), "a plain path inside the repository"),
     (lambda d: d["model"].update(sha256="abc"), "model.sha256: 'abc' is not valid"),
+    (lambda d: d["model"].update(sha256=1234), "YAML read 1234 as a number; quote the value"),
     (lambda d: d["model"].update(colour="blue"), "model.colour: unknown key"),
     (lambda d: d.update(extra=1), "extra: unknown key"),
     (lambda d: d["model"].pop("randomized"), "model.randomized: missing"),
