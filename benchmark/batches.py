@@ -10,9 +10,13 @@ from benchmark.attacks.gradient import AttackBatch
 
 
 def iterate_batches(eval_set, start: int, batch_size: int, device: torch.device,
-                    stop: int | None = None) -> Iterator[AttackBatch]:
+                    stop: int | None = None, shard=None) -> Iterator[AttackBatch]:
+    """Batches from `start` (a multiple of batch_size when sharded); with a `shard`
+    (benchmark.distributed.Shard), only the batches that process owns."""
     stop = len(eval_set) if stop is None else min(stop, len(eval_set))
     for batch_start in range(start, stop, batch_size):
+        if shard is not None and not shard.owns(batch_start // batch_size):
+            continue
         batch_stop = min(batch_start + batch_size, stop)
         items = [eval_set[i] for i in range(batch_start, batch_stop)]
         x = torch.stack([item[0] for item in items]).to(device)

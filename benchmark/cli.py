@@ -13,6 +13,7 @@ import torch
 from tabulate import tabulate
 
 from benchmark.data import DataError
+from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
 from benchmark.spec import WHITE_BOX_ATTACKS, Spec, load_spec
 
@@ -162,8 +163,9 @@ def command_evaluate(args) -> int:
     result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
                       progress=not args.no_progress, families=families)
-    print(format_result(result))
-    print(f"\nrecord written to {out}")
+    if is_main_process():
+        print(format_result(result))
+        print(f"\nrecord written to {out} ({result.record['provenance']['processes']} process(es))")
     return 0
 
 
@@ -212,6 +214,7 @@ def command_run(args) -> int:
     from benchmark.evaluate import evaluate
 
     spec = load_spec()
+    say = print if is_main_process() else (lambda *_: None)
     device = _pick_device(args.device)
     budget, reason = _run_budget(args, device)
     zoo = load_zoo(args.dataset)
@@ -219,7 +222,7 @@ def command_run(args) -> int:
     entries = [zoo.entry(name) for name in names]
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     dataset = spec.dataset(zoo.dataset)
-    print(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
+    say(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
           f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes")
     records = []
     for entry in entries:
@@ -227,14 +230,14 @@ def command_run(args) -> int:
         defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
                                 device=device)
         out = _default_out(zoo.dataset, entry.name, budget, Path(args.out_dir))
-        print(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
+        say(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
         result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
                           data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
                           progress=not args.no_progress, families=families)
-        print(format_result(result))
+        say(format_result(result))
         records.append(result.record)
-    print(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
-    print(tabulate(zoo_summary_rows(records), tablefmt="github",
+    say(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
+    say(tabulate(zoo_summary_rows(records), tablefmt="github",
                    headers=["entry", "clean", "white-box", "transfer", "NAttack (median queries)",
                             "all families", "flags"]))
     return 0
@@ -533,6 +536,8 @@ def command_submission_evaluate(args) -> int:
     print(f"judging {manifest.name} on {manifest.dataset}, budget {budget} ({reason}) -> {out}")
     result = evaluate(defense, manifest.dataset, budget=budget, seed=args.seed, out=out, device=device,
                       data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress)
+    if not is_main_process():
+        return 0
     print(format_result(result))
     print(f"\nrecord written to {out}; regenerate the pages with `threatbench leaderboard`")
     return 0
@@ -704,12 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ThreatbenchError, DataError) as error:
+        if not is_main_process():   # under torchrun every process hits the same error: print it once
+            return EXIT_USER_ERROR
         print(f"threatbench: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\nthreatbench: interrupted; finished work is checkpointed, rerun the same command to "
               "resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,15 @@ from benchmark.batches import iterate_batches
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
 from benchmark.diagnostics import gradient_masking_flags
+from benchmark.distributed import (
+    SINGLE,
+    Shard,
+    barrier,
+    current_shard,
+    device_for_rank,
+    max_over_shards,
+    sum_over_shards,
+)
 from benchmark.errors import DefenseOutputError, ThreatbenchError
 from benchmark.randomness import seed_model_noise
 from benchmark.results import (
@@ -190,10 +199,12 @@ def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, 
 class _Evaluation:
     """The moving parts of one evaluation; `evaluate()` is the public entry point."""
 
-    def __init__(self, defense, eval_set, state, *, seed, device, repeats, progress, checkpoint_seconds):
+    def __init__(self, defense, eval_set, state, *, seed, device, repeats, progress, checkpoint_seconds,
+                 shard: Shard = SINGLE):
         self.defense, self.eval_set, self.state = defense, eval_set, state
         self.seed, self.device, self.repeats = seed, device, repeats
         self.progress, self.checkpoint_seconds = progress, checkpoint_seconds
+        self.shard = shard
 
     def measure(self, measurement: Measurement) -> tuple[Outcomes, dict[str, Any]]:
         name, n = measurement.name, measurement.n
@@ -203,10 +214,12 @@ class _Evaluation:
         counter = PassCounter(costs.get("forward_passes", 0), costs.get("backward_passes", 0))
         seconds = costs.get("seconds", 0.0)
         last_save = time.monotonic()
-        bar = tqdm(total=n, initial=finished, desc=f"{name[:28]:>28}", unit="img",
-                   disable=not self.progress, leave=False)
+        owned = self.shard.owned_mask(n, measurement.batch_size)
+        bar = tqdm(total=int(owned.sum()), initial=int(owned[:finished].sum()), desc=f"{name[:28]:>28}",
+                   unit="img", disable=not self.progress or not self.shard.is_main, leave=False)
         try:
-            for batch in iterate_batches(self.eval_set, finished, measurement.batch_size, self.device, n):
+            for batch in iterate_batches(self.eval_set, finished, measurement.batch_size, self.device, n,
+                                         shard=self.shard):
                 started = time.perf_counter()
                 first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
                 correct, queries = self._measure_batch(measurement, batch, counter)
@@ -228,6 +241,17 @@ class _Evaluation:
         costs = _costs(counter, seconds)
         self.state.update(name, outcomes, finished, costs, done=True)
         return outcomes, costs
+
+    def gather(self, outcomes: Outcomes, costs: dict[str, Any]) -> tuple[Outcomes, dict[str, Any]]:
+        """Every process's examples of one measurement (each process contributes its own batches)."""
+        if not self.shard.sharded:
+            return outcomes, costs
+        correct = sum_over_shards(outcomes.correct.astype(np.int64), self.shard, self.device) > 0
+        queries = sum_over_shards(outcomes.queries, self.shard, self.device)
+        counts = np.array([costs["forward_passes"], costs["backward_passes"], round(costs["seconds"] * 1e6)])
+        forward, backward, microseconds = sum_over_shards(counts, self.shard, self.device)
+        return Outcomes(correct, queries), {"seconds": round(microseconds / 1e6, 3),
+                                            "forward_passes": int(forward), "backward_passes": int(backward)}
 
     def _measure_batch(self, measurement: Measurement, batch: AttackBatch, counter: PassCounter):
         seed_model_noise(self.seed, measurement.name, int(batch.indices[0]))
@@ -289,8 +313,12 @@ def configuration_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def state_path_for(out: Path | None) -> Path | None:
-    return None if out is None else out.with_name(f".{out.stem}.state.json")
+def state_path_for(out: Path | None, shard: Shard = SINGLE) -> Path | None:
+    """The checkpoint beside the record; one per process when sharded."""
+    if out is None:
+        return None
+    part = f".shard{shard.rank}of{shard.world_size}" if shard.sharded else ""
+    return out.with_name(f".{out.stem}{part}.state.json")
 
 
 def check_defense_output(defense: Defense, x: torch.Tensor, num_classes: int) -> None:
@@ -345,8 +373,10 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     dataset_spec = spec.dataset(dataset)
     budget_spec = dataset_spec.budget(budget)
     seed = spec.seed if seed is None else int(seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_for_rank(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    shard = current_shard(device)
     out = check_output_path(out) if out is not None else None
+    requested_batch_size = batch_size
     batch_size = batch_size or default_batch_size(dataset_spec, device)
     entry = entry or EntryInfo(name=defense.name)
     unknown = sorted(set(families) - set(FAMILIES))
@@ -379,8 +409,11 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         measurements += transfer
         family_status["transfer"] = status
     if "adaptive" in families:
+        nattack_batch = nattack_batch_size(dataset_spec, device)
+        if requested_batch_size:   # an explicit batch size caps every batch, populations included
+            nattack_batch = min(nattack_batch, requested_batch_size)
         measurements.append(nattack_measurement(dataset_spec, budget_spec, defense, seed=seed,
-                                                batch_size=nattack_batch_size(dataset_spec, device)))
+                                                batch_size=nattack_batch))
         family_status["adaptive"] = {"status": "run"}
     if "white_box" in families:
         unbounded = spec.diagnostics
@@ -394,26 +427,30 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     key = configuration_key(spec=spec.sha256, dataset=dataset, budget=budget, n=budget_spec.n,
                             subset=eval_set.sha256, seed=seed, batch_size=batch_size,
                             device=device.type, entry=entry.__dict__,
-                            measurements=[(m.name, m.n, m.params) for m in measurements])
-    state = EvaluationState.open(state_path_for(out), key)
+                            measurements=[(m.name, m.n, m.params) for m in measurements],
+                            **({"shard": [shard.rank, shard.world_size]} if shard.sharded else {}))
+    state = EvaluationState.open(state_path_for(out, shard), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
-                      progress=progress, checkpoint_seconds=checkpoint_seconds)
+                      progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
+    measured = [(m.name, *run.measure(m)) for m in measurements]
     outcomes, costs = {}, {}
-    for measurement in measurements:
-        outcomes[measurement.name], costs[measurement.name] = run.measure(measurement)
-        if not outcomes[measurement.name].queries.any():
-            outcomes[measurement.name].queries = None
+    for name, shard_outcomes, shard_costs in measured:   # the same order in every process
+        outcomes[name], costs[name] = run.gather(shard_outcomes, shard_costs)
+        if not outcomes[name].queries.any():
+            outcomes[name].queries = None
 
     record = build_record(
         spec=spec, dataset_spec=dataset_spec, budget=budget_spec, seed=seed, eval_set=eval_set,
         entry=entry, declared=defense.randomized, detected=detected, measurements=measurements,
         outcomes=outcomes, costs=costs, family_status=family_status, device=device,
-        batch_size=batch_size, total_seconds=time.time() - started, transfer_cache=transfer_cache,
-        examples_file=examples_path(out).name if out is not None else None,
+        batch_size=batch_size, total_seconds=max_over_shards(time.time() - started, shard, device),
+        transfer_cache=transfer_cache, examples_file=examples_path(out).name if out is not None else None,
+        processes=shard.world_size,
     )
-    if out is not None:
+    if out is not None and shard.is_main:
         write_result(out, record, outcomes)
-        state.remove()
+    barrier(shard)   # the record is on disk before any process drops its checkpoint
+    state.remove()
     return Result(record=record, outcomes=outcomes)
 
 
@@ -449,7 +486,7 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
                  outcomes: dict[str, Outcomes], costs: dict[str, dict[str, Any]],
                  family_status: dict[str, dict[str, Any]], device: torch.device, batch_size: int,
                  total_seconds: float, transfer_cache: TransferCache | None,
-                 examples_file: str | None) -> dict[str, Any]:
+                 examples_file: str | None, processes: int = 1) -> dict[str, Any]:
     confidence = spec.confidence
     by_family: dict[str, list[str]] = {}
     attacks, diagnostics = {}, {}
@@ -507,7 +544,8 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         "worst_case": worst,
         "diagnostics": diagnostics,
         "examples_file": examples_file,
-        "provenance": provenance.collect(device, batch_size=batch_size, total_seconds=total_seconds),
+        "provenance": provenance.collect(device, batch_size=batch_size, total_seconds=total_seconds,
+                                         processes=processes),
     }
     if transfer_cache is not None:
         record["provenance"]["transfer_cache"] = {

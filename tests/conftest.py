@@ -78,3 +78,19 @@ class NoisyModel(nn.Module):
 
     def forward(self, x):
         return self.model(x + self.sigma * torch.randn_like(x))
+
+
+def write_small_spec(path: Path, *, n: int, nattack_n: int, nattack_max_iterations: int) -> Path:
+    """The packaged spec with a smaller Fashion-MNIST quick budget, as a file for `--spec`."""
+    import re
+
+    from benchmark.spec import DEFAULT_SPEC_PATH
+
+    text = DEFAULT_SPEC_PATH.read_text()
+    small, count = re.subn(r"(\[datasets\.fashion-mnist\.budgets\.quick\]\n)n = 500\nnattack_n = 50[^\n]*\n"
+                           r"nattack_max_iterations = 50",
+                           rf"\g<1>n = {n}\nnattack_n = {nattack_n}\nnattack_max_iterations = {nattack_max_iterations}",
+                           text)
+    assert count == 1, "the packaged spec's quick budget block changed; update write_small_spec"
+    path.write_text(small)
+    return path

@@ -17,8 +17,7 @@ from benchmark.defense import file_sha256
 from benchmark.hub import HubError, fetch, store_dir
 from benchmark.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest
 from benchmark.results import read_record
-from benchmark.spec import DEFAULT_SPEC_PATH
-from tests.conftest import requires_fashion
+from tests.conftest import requires_fashion, write_small_spec
 from tests.local_hub import OLAH_REASON, LocalHub, olah_installed
 
 ZOO_A = Path(__file__).resolve().parent.parent / "baselines" / "zoo" / "weights" / "fashion-mnist" / "A.safetensors"
@@ -164,11 +163,7 @@ def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys,
     accuracy = float(re.search(r"test images: ([\d.]+)%", output).group(1))
     assert accuracy > 80, "model A of the zoo is about 92% accurate"
 
-    spec = tmp_path / "small-spec.toml"
-    spec.write_text(re.sub(r"(\[datasets\.fashion-mnist\.budgets\.quick\]\n)n = 500\nnattack_n = 50[^\n]*\n"
-                           r"nattack_max_iterations = 50",
-                           r"\1n = 100\nnattack_n = 4\nnattack_max_iterations = 5",
-                           DEFAULT_SPEC_PATH.read_text()))
+    spec = write_small_spec(tmp_path / "small-spec.toml", n=100, nattack_n=4, nattack_max_iterations=5)
     board = tmp_path / "leaderboard"
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # re-runs need no network
     code, output = run_cli(capsys, "submission", "evaluate", str(manifest), "--budget", "quick", "--spec",
