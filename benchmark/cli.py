@@ -162,7 +162,7 @@ def command_evaluate(args) -> int:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
-                      progress=not args.no_progress, families=families)
+                      progress=not args.no_progress, families=families, precision=args.precision)
     if is_main_process():
         print(format_result(result))
         print(f"\nrecord written to {out} ({result.record['provenance']['processes']} process(es))")
@@ -233,7 +233,7 @@ def command_run(args) -> int:
         say(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
         result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
                           data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
-                          progress=not args.no_progress, families=families)
+                          progress=not args.no_progress, families=families, precision=args.precision)
         say(format_result(result))
         records.append(result.record)
     say(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
@@ -463,6 +463,29 @@ def command_perf(args) -> int:
     return 0
 
 
+def command_precision_check(args) -> int:
+    from baselines.zoo import entry_defense, load_zoo
+    from benchmark.precision import run_precision_check
+
+    device = _pick_device(args.device)
+    zoo = load_zoo(args.dataset)
+    entry = zoo.entry(args.entry)
+    dataset = load_spec().dataset(zoo.dataset)
+    defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device)
+    print(f"precision check: {args.precision} vs float32 on zoo entry {entry.name} ({zoo.dataset}), "
+          f"first {args.n} test images, every white-box attack")
+    check = run_precision_check(defense, zoo.dataset, args.precision, n=args.n, device=device,
+                                model={"entry": entry.name, "sha256": entry.sha256},
+                                progress=not args.no_progress)
+    print(tabulate([[a["attack"], _percent(a["float32"]), _percent(a["other"]), f"{100 * a['tolerance']:.1f}",
+                     a["flipped"], "yes" if a["within"] else "NO"] for a in check["attacks"]],
+                   headers=["measurement", "float32 %", f"{args.precision} %", "tolerance (pts)",
+                            "examples flipped", "within"], tablefmt="github"))
+    verdict = "passed: allowed on this device" if check["passed"] else "FAILED: stays refused"
+    print(f"\n{args.precision} on {check['device_name']} (torch {check['torch']}): {verdict}")
+    return 0 if check["passed"] else 1
+
+
 # ---------------------------------------------------------------- submissions
 
 
@@ -535,7 +558,8 @@ def command_submission_evaluate(args) -> int:
     out = _default_out(manifest.dataset, manifest.name, budget, Path(args.out_dir))
     print(f"judging {manifest.name} on {manifest.dataset}, budget {budget} ({reason}) -> {out}")
     result = evaluate(defense, manifest.dataset, budget=budget, seed=args.seed, out=out, device=device,
-                      data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress)
+                      data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress,
+                      precision=args.precision)
     if not is_main_process():
         return 0
     print(format_result(result))
@@ -551,6 +575,12 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--data-dir", help="dataset root (else $THREATBENCH_DATA, system paths, download)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["float32", "tf32", "bf16"], default="float32",
+                        help="float32 (default); tf32 or bf16 autocast only after `threatbench "
+                             "precision-check` passed on this device; recorded in the provenance")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -574,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="records go to <out-dir>/<dataset>/<entry>-<budget>.json")
     run.add_argument("--seed", type=int, help="default: the spec's seed")
     _add_runtime(run)
+    _add_precision(run)
     run.set_defaults(handler=command_run)
 
     zoo = commands.add_parser("zoo", help="manage the baseline zoo")
@@ -605,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated subset of white_box,transfer,adaptive (a record that "
                                "lacks a family has no overall worst case and is never ranked)")
     _add_common(evaluate)
+    _add_precision(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     spec = commands.add_parser("spec", help="print the threat-model spec as tables")
@@ -658,6 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(matrix)
     matrix.set_defaults(handler=command_transfer_matrix)
 
+    precision = commands.add_parser("precision-check", help="allow TF32 or bf16 on this device only if "
+                                    "every white-box attack stays within float32's statistical tolerance")
+    precision.add_argument("--precision", required=True, choices=["tf32", "bf16"])
+    precision.add_argument("--dataset", default="fashion-mnist", help="whose zoo holds the trained model")
+    precision.add_argument("--entry", default="A_adv", help="a trained zoo entry (default: A_adv)")
+    precision.add_argument("--n", type=int, default=500, help="test images")
+    _add_runtime(precision)
+    precision.set_defaults(handler=command_precision_check)
+
     submission = commands.add_parser("submission", help="validate, fetch, check and judge a Hub "
                                      "submission (submissions/<name>.yaml)")
     submission_commands = submission.add_subparsers(dest="submission_command", required=True,
@@ -691,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="the record goes to <out-dir>/<dataset>/<name>-<budget>.json "
                                       "(leaderboard/results for the leaderboard)")
             command.add_argument("--seed", type=int, help="default: the spec's seed")
+            _add_precision(command)
 
     perf = commands.add_parser("perf", help="time each attack per step against the forward+backward floor")
     perf.add_argument("--device", choices=["cpu", "cuda"])

@@ -49,6 +49,7 @@ from benchmark.distributed import (
     sum_over_shards,
 )
 from benchmark.errors import DefenseOutputError, ThreatbenchError
+from benchmark.precision import check_available, precision_context, require_validated
 from benchmark.randomness import seed_model_noise
 from benchmark.results import (
     RESULT_SCHEMA,
@@ -361,12 +362,15 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              batch_size: int | None = None, data_dir: str | Path | None = None,
              entry: EntryInfo | None = None, spec: Spec | None = None, progress: bool = True,
              checkpoint_seconds: float = 30.0, sources: list[TransferSource] | None = None,
-             families: tuple[str, ...] = FAMILIES) -> Result:
+             families: tuple[str, ...] = FAMILIES, precision: str = "float32",
+             validated_precision_only: bool = True) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
     hash-checked. `families` limits what is run (the others are recorded as not run).
     With `out`, progress is checkpointed beside it and a rerun of the same call resumes.
+    `precision` other than float32 must have passed `threatbench precision-check` on this device
+    (benchmark.precision); only that check itself sets `validated_precision_only=False`.
     """
     started = time.time()
     spec = spec or load_spec()
@@ -375,6 +379,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     seed = spec.seed if seed is None else int(seed)
     device = device_for_rank(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     shard = current_shard(device)
+    precision_check = (require_validated(precision, device) if validated_precision_only
+                       else check_available(precision, device))
     out = check_output_path(out) if out is not None else None
     requested_batch_size = batch_size
     batch_size = batch_size or default_batch_size(dataset_spec, device)
@@ -405,7 +411,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     if "transfer" in families:
         transfer_cache, status, transfer = _transfer_measurements(
             spec, dataset_spec, budget_spec, eval_set, entry, sources, seed=seed, device=device,
-            batch_size=batch_size)
+            batch_size=batch_size, precision=precision)
         measurements += transfer
         family_status["transfer"] = status
     if "adaptive" in families:
@@ -427,12 +433,14 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     key = configuration_key(spec=spec.sha256, dataset=dataset, budget=budget, n=budget_spec.n,
                             subset=eval_set.sha256, seed=seed, batch_size=batch_size,
                             device=device.type, entry=entry.__dict__,
+                            **({"precision": precision} if precision != "float32" else {}),
                             measurements=[(m.name, m.n, m.params) for m in measurements],
                             **({"shard": [shard.rank, shard.world_size]} if shard.sharded else {}))
     state = EvaluationState.open(state_path_for(out, shard), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
                       progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
-    measured = [(m.name, *run.measure(m)) for m in measurements]
+    with precision_context(precision, device):
+        measured = [(m.name, *run.measure(m)) for m in measurements]
     outcomes, costs = {}, {}
     for name, shard_outcomes, shard_costs in measured:   # the same order in every process
         outcomes[name], costs[name] = run.gather(shard_outcomes, shard_costs)
@@ -447,6 +455,9 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         transfer_cache=transfer_cache, examples_file=examples_path(out).name if out is not None else None,
         processes=shard.world_size,
     )
+    record["provenance"]["precision"] = precision
+    if precision_check is not None:
+        record["provenance"]["precision_check"] = precision_check
     if out is not None and shard.is_main:
         write_result(out, record, outcomes)
     barrier(shard)   # the record is on disk before any process drops its checkpoint
@@ -455,7 +466,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
 
 
 def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sources, *, seed, device,
-                           batch_size):
+                           batch_size, precision="float32"):
     if sources is None:
         sources, reason = load_held_out_sources(dataset_spec, device=device)
         if not sources:
@@ -468,9 +479,10 @@ def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sou
     measurements = []
     for source in sources_with_ensemble(usable):
         for attack in TRANSFER_ATTACKS:
+            # Examples crafted under another precision are cached apart from float32 ones.
             crafted = CraftedExamples(source, attack, eval_set, dataset_spec, seed=seed,
-                                      spec_sha256=spec.sha256, cache=cache, batch_size=batch_size,
-                                      device=device)
+                                      spec_sha256=spec.sha256 + ("" if precision == "float32" else f"+{precision}"),
+                                      cache=cache, batch_size=batch_size, device=device)
             measurements.append(transfer_measurement(source, attack, crafted, eps=dataset_spec.eps,
                                                      n=budget_spec.n, batch_size=batch_size,
                                                      dataset=dataset_spec))
