@@ -76,6 +76,13 @@ def format_result(result) -> str:
     if record["worst_case"]["all"] is None:
         lines.append("worst case over all families: not available (a family was not run); "
                      "this record cannot be ranked")
+    costs = record.get("costs")
+    if costs:
+        families = ", ".join(f"{f} {v:.1f}" for f, v in costs["seconds_by_family"].items())
+        lines.append(f"cost: {costs['seconds']:.1f} s of compute ({families}), {costs['forward_passes']:,} "
+                     f"forward and {costs['backward_passes']:,} backward passes, {costs['queries']:,} NAttack "
+                     f"queries; {costs['wall_seconds']:.1f} s wall on {costs['processes']} x "
+                     f"{costs['device_name']}, {costs['precision']}")
     raised = [name for name, flag in record["flags"].items() if flag["raised"]]
     lines.append("gradient-masking flags: " + (", ".join(raised) if raised else "none raised"))
     for name in raised:

@@ -453,9 +453,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         outcomes=outcomes, costs=costs, family_status=family_status, device=device,
         batch_size=batch_size, total_seconds=max_over_shards(time.time() - started, shard, device),
         transfer_cache=transfer_cache, examples_file=examples_path(out).name if out is not None else None,
-        processes=shard.world_size,
+        processes=shard.world_size, precision=precision,
     )
-    record["provenance"]["precision"] = precision
     if precision_check is not None:
         record["provenance"]["precision_check"] = precision_check
     if out is not None and shard.is_main:
@@ -498,7 +497,8 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
                  outcomes: dict[str, Outcomes], costs: dict[str, dict[str, Any]],
                  family_status: dict[str, dict[str, Any]], device: torch.device, batch_size: int,
                  total_seconds: float, transfer_cache: TransferCache | None,
-                 examples_file: str | None, processes: int = 1) -> dict[str, Any]:
+                 examples_file: str | None, processes: int = 1,
+                 precision: str = "float32") -> dict[str, Any]:
     confidence = spec.confidence
     by_family: dict[str, list[str]] = {}
     attacks, diagnostics = {}, {}
@@ -557,11 +557,31 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         "diagnostics": diagnostics,
         "examples_file": examples_file,
         "provenance": provenance.collect(device, batch_size=batch_size, total_seconds=total_seconds,
-                                         processes=processes),
+                                         processes=processes, precision=precision),
     }
     if transfer_cache is not None:
         record["provenance"]["transfer_cache"] = {
             "chunk_hits": transfer_cache.hits, "chunk_misses": transfer_cache.misses,
             "crafting_seconds": round(transfer_cache.crafted_seconds, 3)}
+    record["costs"] = cost_summary(record)
     record["flags"] = gradient_masking_flags(record)
     return record
+
+
+def cost_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the evaluation cost: compute seconds (summed over processes) per family, model passes,
+    NAttack queries, and where it ran. Wall-clock time is provenance.total_seconds."""
+    measurements = {"clean": record["clean"], **record["attacks"], **record["diagnostics"]}
+    seconds: dict[str, float] = {}
+    for name, m in measurements.items():
+        family = "clean" if name == "clean" else m["family"]
+        seconds[family] = round(seconds.get(family, 0.0) + m["seconds"], 3)
+    provenance = record["provenance"]
+    return {
+        "seconds": round(sum(seconds.values()), 3), "seconds_by_family": seconds,
+        "forward_passes": sum(m["forward_passes"] for m in measurements.values()),
+        "backward_passes": sum(m["backward_passes"] for m in measurements.values()),
+        "queries": sum(m.get("queries", {}).get("total", 0) for m in measurements.values()),
+        "wall_seconds": provenance["total_seconds"], "device_name": provenance["device_name"],
+        "processes": provenance["processes"], "precision": provenance["precision"],
+    }

@@ -35,7 +35,7 @@ def device_name(device: torch.device) -> str:
 
 
 def collect(device: torch.device, *, batch_size: int, total_seconds: float,
-            processes: int = 1) -> dict[str, Any]:
+            processes: int = 1, precision: str = "float32") -> dict[str, Any]:
     return {
         "threatbench": benchmark.__version__,
         "git": git_revision(),
@@ -43,7 +43,8 @@ def collect(device: torch.device, *, batch_size: int, total_seconds: float,
         "torch": torch.__version__,
         "device": device.type,
         "device_name": device_name(device),
-        "dtype": "float32",
+        "dtype": "float32",          # of the inputs and weights; `precision` is what the passes ran in
+        "precision": precision,
         "batch_size": batch_size,
         "processes": processes,
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

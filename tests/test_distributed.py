@@ -63,6 +63,8 @@ def comparable(record_path: Path) -> dict:
     record = read_record(record_path)
     record.pop("provenance")
     record.pop("examples_file")
+    for key in ("seconds", "seconds_by_family", "wall_seconds", "processes"):   # passes and queries stay
+        record["costs"].pop(key)
     for measurement in [record["clean"], *record["attacks"].values(), *record["diagnostics"].values()]:
         measurement.pop("seconds")
     return record

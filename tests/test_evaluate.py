@@ -58,6 +58,20 @@ def test_record_has_the_schema_and_numbers_as_numbers(quick_result):
     provenance = record["provenance"]
     assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
     assert provenance["dtype"] == "float32" and provenance["total_seconds"] > 0
+    assert provenance["precision"] == "float32" and provenance["processes"] == 1
+
+
+def test_the_record_accounts_for_what_the_evaluation_cost(quick_result):
+    record = quick_result[0].record
+    costs = record["costs"]
+    measurements = [record["clean"], *record["attacks"].values(), *record["diagnostics"].values()]
+    assert costs["forward_passes"] == sum(m["forward_passes"] for m in measurements)
+    assert costs["backward_passes"] == sum(m["backward_passes"] for m in measurements) >= 500 * 40
+    assert set(costs["seconds_by_family"]) == {"clean", "white_box", "diagnostic"}
+    assert costs["seconds"] == pytest.approx(sum(costs["seconds_by_family"].values()), abs=1e-2)
+    assert costs["queries"] == 0, "no NAttack in this evaluation"
+    assert costs["processes"] == 1 and costs["device_name"].startswith("cpu")
+    assert costs["wall_seconds"] >= costs["seconds"] - 0.01, "one process: compute time fits in wall time"
 
 
 def test_families_not_run_are_recorded_as_such_never_as_numbers(quick_result):
