@@ -424,7 +424,12 @@ def command_perf(args) -> int:
     from benchmark.attacks.transfer import TransferSource
     from benchmark.data import load_evaluation_set
     from benchmark.defense import load
-    from benchmark.perf import measure_attacks, measure_nattack, measure_transfer_cache
+    from benchmark.perf import (
+        measure_attacks,
+        measure_nattack,
+        measure_smoothed_predict,
+        measure_transfer_cache,
+    )
     from benchmark.sources import load_held_out_sources
     from benchmark.training import StandardRecipe, standard_model_dir
 
@@ -454,7 +459,13 @@ def command_perf(args) -> int:
     print(f"\nnattack: {k} images x population {dataset.nattack.population}, "
           f"{args.nattack_iterations} iterations: {nattack.queries_per_second:.0f} queries/s; floor "
           f"(one batched forward of {k * dataset.nattack.population} images): "
-          f"{nattack.floor_images_per_second:.0f} images/s; ratio {nattack.ratio_to_floor:.3f}")
+          f"{nattack.floor_images_per_second:.0f} images/s; time per query {nattack.ratio_to_floor:.3f} x floor")
+
+    smoothing = measure_smoothed_predict(defense, x, samples=args.smoothing_samples,
+                                         repeats=args.repeats)
+    print(f"\nsmoothed predict: {smoothing.images} images x {smoothing.samples} draws: "
+          f"{1000 * smoothing.seconds:.2f} ms; floor (one forward of {smoothing.images * smoothing.samples} "
+          f"images, no gradient): {1000 * smoothing.floor_seconds:.2f} ms; {smoothing.ratio_to_floor:.3f} x floor")
 
     sources, reason = load_held_out_sources(dataset, device)
     if not sources:
@@ -747,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=5)
     perf.add_argument("--nattack-images", type=int, default=10)
     perf.add_argument("--nattack-iterations", type=int, default=10)
+    perf.add_argument("--smoothing-samples", type=int, default=16, help="draws of smoothed predict")
     perf.add_argument("--data-dir")
     perf.set_defaults(handler=command_perf)
     return parser

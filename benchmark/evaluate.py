@@ -49,6 +49,7 @@ from benchmark.distributed import (
     sum_over_shards,
 )
 from benchmark.errors import DefenseOutputError, ThreatbenchError
+from benchmark.memory import fit_batch_size
 from benchmark.precision import check_available, precision_context, require_validated
 from benchmark.randomness import seed_model_noise
 from benchmark.results import (
@@ -116,6 +117,9 @@ def _row(name: str, family: str, measurement: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- batches
+
+
+GPU_MAX_BATCH = 1024   # the largest batch tried on a GPU; halved until it fits (benchmark.memory)
 
 
 def default_batch_size(dataset: DatasetSpec, device: torch.device) -> int:
@@ -398,6 +402,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     randomized = defense.randomized or detected
     repeats = spec.randomized.prediction_repeats if randomized else 1
     draws = dataset_spec.attacks["epgd"].draws if randomized else None
+    if requested_batch_size is None and device.type == "cuda":   # an explicit --batch-size is kept as is
+        batch_size = fit_batch_size(defense, probe.x, min(len(eval_set), GPU_MAX_BATCH), say=tqdm.write)
 
     family_status: dict[str, dict[str, Any]] = {}
     measurements = [Measurement("clean", "clean", budget_spec.n, batch_size, _clean)]

@@ -109,8 +109,8 @@ class NAttackPerf:
 
     @property
     def ratio_to_floor(self) -> float:
-        """Queries per second relative to the floor's images per second (1.0 = at the floor)."""
-        return self.queries_per_second / self.floor_images_per_second
+        """Time per query over the floor's time per image (1.0 = at the floor, 1.2 = 20% slower)."""
+        return self.floor_images_per_second / self.queries_per_second
 
 
 def measure_nattack(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Tensor, *,
@@ -163,3 +163,37 @@ def measure_transfer_cache(source, dataset: DatasetSpec, eval_set, cache_root, *
         crafted.get(0, len(eval_set))
         timings.append(time.perf_counter() - started)
     return TransferPerf(timings[0], timings[1], cache.hits, cache.misses)
+
+
+@dataclass(frozen=True)
+class SmoothingPerf:
+    images: int
+    samples: int
+    seconds: float
+    floor_seconds: float
+
+    @property
+    def ratio_to_floor(self) -> float:
+        return self.seconds / self.floor_seconds
+
+
+def measure_smoothed_predict(defense, x: torch.Tensor, *, samples: int = 16, sigma: float = 0.06,
+                             repeats: int = 5) -> SmoothingPerf:
+    """Smoothed `predict` (samples noisy draws and a vote) against one batched forward pass of
+    images * samples inputs without gradients: the least that m draws can cost."""
+    from benchmark.smoothing import SmoothedDefense, SmoothingConfig
+
+    device = x.device
+    smoothed = SmoothedDefense(defense.model, defense.num_classes, SmoothingConfig(samples, sigma)).to(device)
+    stacked = x.repeat(samples, *([1] * (x.dim() - 1)))
+
+    @torch.no_grad()
+    def floor():
+        return defense.model(stacked)
+
+    floor(), smoothed.predict(x)   # warm-up
+    floor_times, predict_times = [], []
+    for _ in range(repeats):
+        floor_times.append(_time(floor, device))
+        predict_times.append(_time(lambda: smoothed.predict(x), device))
+    return SmoothingPerf(x.shape[0], samples, statistics.median(predict_times), statistics.median(floor_times))

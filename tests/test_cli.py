@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 
@@ -105,6 +106,8 @@ def test_perf_prints_ratios_to_the_floor(capsys):
     for attack in ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]:
         assert attack in out
     assert "nattack:" in out and "queries/s" in out
+    ratio = float(re.search(r"smoothed predict: 16 images x 16 draws: .* ([\d.]+) x floor", out).group(1))
+    assert ratio > 0
     assert "transfer (pgd crafted on held-out B" in out and "1 chunk hit" in out
 
 
