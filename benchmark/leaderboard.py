@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmark.record_check import load_record
 from benchmark.references import Reference, hub_link, load_references
-from benchmark.results import atomic_write_text
+from benchmark.results import RecordError, atomic_write_text
 from benchmark.stats import intervals_overlap
 
 LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
@@ -48,10 +48,17 @@ class Row:
 def collect(results_dir: Path, spec_version: str | None) -> dict[str, list[Row]]:
     """Every record under `results_dir`, validated, grouped by dataset."""
     by_dataset: dict[str, list[Row]] = {}
+    seen: dict[tuple[str, str, str], Path] = {}
     for path in sorted(results_dir.rglob("*.json")):
         if path.name.endswith(".examples.json"):
             continue
         record = load_record(path, spec_version=spec_version)
+        key = (record["dataset"], record["entry"]["name"], record["budget"])
+        if key in seen:
+            raise RecordError(f"{path}: entry {key[1]!r} already has a {key[2]}-budget {key[0]} record in "
+                              f"{seen[key]}; entry names are unique per dataset (rename the submission "
+                              "or remove the older record)")
+        seen[key] = path
         by_dataset.setdefault(record["dataset"], []).append(Row(path, record))
     return by_dataset
 

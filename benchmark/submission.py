@@ -64,10 +64,19 @@ def resolve_config(path: Path, dataset: DatasetSpec, where: str) -> ResolvedMode
                             f"{list(dataset.input_shape)} for {dataset.name}; every entry is judged on "
                             "the spec's fixed preprocessing")
     normalization = None
-    if "mean" in pretrained and "std" in pretrained:
-        normalization = {"mean": [float(v) for v in pretrained["mean"]],
-                         "std": [float(v) for v in pretrained["std"]]}
+    if "mean" in pretrained or "std" in pretrained:
+        normalization = {key: _channel_values(pretrained.get(key), key, dataset.input_shape[0], where)
+                         for key in ("mean", "std")}
     return ResolvedModel(f"{TIMM_PREFIX}{name}", normalization)
+
+
+def _channel_values(values: Any, key: str, channels: int, where: str) -> list[float]:
+    if (not isinstance(values, list) or len(values) != channels
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values)
+            or (key == "std" and any(v <= 0 for v in values))):
+        raise ManifestError(f"{where}: config.json pretrained_cfg.{key} must be {channels} number(s), one per "
+                            f"input channel{' and > 0' if key == 'std' else ''}; got {values!r}")
+    return [float(v) for v in values]
 
 
 def resolve_model(manifest: Manifest, files: FetchedFiles, dataset: DatasetSpec) -> ResolvedModel:

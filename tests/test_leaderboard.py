@@ -117,6 +117,28 @@ def test_a_broken_record_fails_the_build_naming_it(board):
         render_pages(board / "results", "1.0.0")
 
 
+def test_two_records_of_one_entry_name_and_budget_are_refused(board):
+    shutil.copy(board / "results" / "fashion-mnist" / "tied.json", board / "results" / "fashion-mnist" / "tied2.json")
+    shutil.copy(board / "results" / "fashion-mnist" / "tied.examples.json",
+                board / "results" / "fashion-mnist" / "tied2.examples.json")
+    from benchmark.results import RecordError
+    with pytest.raises(RecordError, match="entry 'tied' already has a full-budget fashion-mnist record"):
+        render_pages(board / "results", "1.0.0")
+
+
+def test_submitters_claims_are_shown_beside_the_measurement_never_as_measured(board):
+    path = board / "results" / "fashion-mnist" / "strong.json"
+    record = json.loads(path.read_text())
+    record["entry"].update(kind="submission", submission={"claimed": {"source": "Table 2", "clean": 86.0,
+                                                                       "pgd": 61.0, "transfer": 75.0}})
+    path.write_text(json.dumps(record))
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    claims = page.split("## Submitters' claims")[1]
+    assert "| strong | `pgd` | 61 | 52.0 [48.9, 55.1] (full) | Table 2 |" in claims
+    assert "| strong | `clean` | 86 | 85.0 " in claims and "| strong | `transfer` | 75 | 70.0 " in claims
+    assert "| 1 | **strong** | submission |" in page
+
+
 def test_the_committed_leaderboard_is_up_to_date():
     assert stale_pages(LEADERBOARD_DIR, load_spec().version) == [], \
         "run `threatbench leaderboard` and commit the pages"

@@ -179,6 +179,14 @@ def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys,
     assert all(status["status"] == "run" for status in record["families"].values())
     assert record["attacks"]["pgd"]["accuracy"] < record["clean"]["accuracy"]
 
+    from benchmark.regression import defense_from_record
+    from benchmark.spec import load_spec
+
+    rebuilt = defense_from_record(record, load_spec(spec), torch.device("cpu"))   # how regressions replay it
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    from benchmark.defense import load
+    assert torch.equal(rebuilt(x), load("mnist_a", ZOO_A, num_classes=10)(x))
+
     code, output = run_cli(capsys, "leaderboard", "--dir", str(board))
     assert code == 0
     page = (board / "fashion-mnist.md").read_text()
@@ -211,6 +219,23 @@ def test_config_json_architectures_are_built_from_timm_names_only(hub, tmp_path)
     defense, entry = submission_defense(manifest, files, dataset)
     assert entry.architecture == "timm:resnet18" and entry.normalization == {"mean": [0.5], "std": [0.5]}
     assert defense.predict(torch.rand(2, 1, 28, 28)).shape == (2,)
+    from benchmark.regression import defense_from_record
+
+    record = {"dataset": "fashion-mnist", "entry": {**entry.__dict__, "randomized": False}}
+    rebuilt = defense_from_record(record, load_spec(), torch.device("cpu"))   # normalization included
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(rebuilt(x), defense(x))
+
+    for bad, message in (({"architecture": "hf-hub:evil/model"}, "which timm does not have"),
+                         ({"architecture": "resnet18", "pretrained_cfg": {"mean": ["x"], "std": [1]}},
+                          "pretrained_cfg.mean must be 1 number"),
+                         ({"model": "resnet18"}, "has no \"architecture\"")):
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        manifest = load_manifest(published(hub, tmp_path, "alice/timm-config", {"config.json": tmp_path / "config.json"},
+                                           architecture="config.json", sha256=file_sha256(tmp_path / "model.safetensors"),
+                                           config_sha256=file_sha256(tmp_path / "config.json")))
+        with pytest.raises(ManifestError, match=re.escape(message)):
+            submission_defense(manifest, fetch(manifest), dataset)
 
     config = json.dumps({"architecture": "resnet18", "num_classes": 1000}).encode()
     (tmp_path / "config.json").write_bytes(config)
