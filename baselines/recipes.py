@@ -93,8 +93,9 @@ TOP_LEVEL = {
     "schema": (str, True, None), "name": (str, True, None), "dataset": (str, True, None),
     "architecture": (str, True, None), "trainer": (str, True, None), "seed": (int, False, 0),
     "epochs": (int, True, None), "save_epochs": (list, False, []), "batch_size": (int, True, None),
-    "train_limit": (int, False, None), "notes": (str, False, ""),
+    "train_limit": (int, False, None), "notes": (str, False, ""), "noise_init": (str, False, "paper"),
 }
+NOISE_INITS = ("paper", "weight_relative")   # see benchmark.noise_injection.scale_noise_to_weights
 
 
 class RecipeError(ThreatbenchError, ValueError):
@@ -133,6 +134,7 @@ class Recipe:
     optimizer: Optimizer
     adversary: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    noise_init: str = "paper"
 
     @property
     def static_models(self) -> tuple[StaticModel, ...]:
@@ -209,6 +211,11 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except ArchitectureError as error:
         raise RecipeError(f"{where}: architecture: {error}") from None
 
+    if top["noise_init"] not in NOISE_INITS:
+        raise RecipeError(f"{where}: noise_init {top['noise_init']!r} is not one of {', '.join(NOISE_INITS)}")
+    if top["noise_init"] != "paper" and not top["architecture"].startswith("cni:"):
+        raise RecipeError(f"{where}: noise_init {top['noise_init']!r} only applies to cni: architectures")
+
     optimizer_table = dict(table.get("optimizer", {"name": "adam", "learning_rate": 1e-3}))
     optimizer_name = optimizer_table.pop("name", "adam")
     if optimizer_name not in OPTIMIZERS:
@@ -222,7 +229,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         dataset=top["dataset"], architecture=top["architecture"], trainer=top["trainer"],
         seed=top["seed"], epochs=top["epochs"], save_epochs=tuple(sorted(set(top["save_epochs"]))),
         batch_size=top["batch_size"], train_limit=top["train_limit"], optimizer=optimizer,
-        adversary=adversary, notes=top["notes"],
+        adversary=adversary, notes=top["notes"], noise_init=top["noise_init"],
     )
 
 

@@ -24,6 +24,7 @@ from benchmark.cache import cache_dir
 from benchmark.data import load_training_tensors
 from benchmark.defense import Defense, file_sha256
 from benchmark.defense import load as load_defense
+from benchmark.noise_injection import scale_noise_to_weights
 from benchmark.randomness import derive_seed
 from benchmark.results import atomic_write_json
 from benchmark.spec import Spec, load_spec
@@ -166,6 +167,8 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     x, y = load_training_tensors(recipe.dataset, data_dir, limit=recipe.train_limit)
     torch.manual_seed(recipe.seed)
     model = build(recipe.architecture, int(y.max()) + 1, in_channels=x.shape[1]).to(device)
+    if recipe.noise_init == "weight_relative":
+        scale_noise_to_weights(model.network)
     optimizer = make_optimizer(recipe, model.network)
     statics = load_static_sources(recipe, data_dir=data_dir, progress=progress, device=device) \
         if recipe.trainer == "ensemble_adversarial" else []

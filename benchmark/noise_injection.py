@@ -100,6 +100,28 @@ class NoisyLayer:
         return f"{super().extra_repr()}, noise={self.noise_kind}"   # type: ignore[misc]
 
 
+WEIGHT_RELATIVE_DIAG = 0.25     # diagonal noise std / std(W) at init with noise_init = "weight_relative"
+WEIGHT_RELATIVE_FACTOR = 0.1    # low-rank noise std / std(W) at init (the code's noisef_strength)
+
+
+@torch.no_grad()
+def scale_noise_to_weights(network: nn.Module) -> None:
+    """A documented deviation for CNI-W: initial noise relative to each layer's weight std.
+
+    The paper's init gives every weight a diagonal noise std of sqrt(std(W) * 0.0625), which is
+    larger than the weights themselves for small-std layers without batch norm (model A's conv2:
+    2.3x). Here a_d = 0.0625 std(W) makes the diagonal std 0.25 std(W), PNI-W's layer-wise scale, and
+    F = 0.1 std(W) / sqrt(rank) makes the low-rank part's std 0.1 std(W). PNI-W layers are unchanged
+    (their alpha is already relative). Training then learns a_d and F as in the paper.
+    """
+    for module in network.modules():
+        if isinstance(module, NoisyLayer) and module.noise_kind == "cni":
+            scale = _weight_std(module.weight)
+            rank = module.noise_factor.shape[1]
+            module.noise_diag.fill_(float(WEIGHT_RELATIVE_DIAG ** 2 * scale))
+            module.noise_factor.fill_(float(WEIGHT_RELATIVE_FACTOR * scale / rank ** 0.5))
+
+
 def _weight_std(weight: torch.Tensor) -> torch.Tensor:
     """std of the whole tensor, without gradient; 0 for a single weight (std is undefined there)."""
     with torch.no_grad():

@@ -20,6 +20,7 @@ from benchmark.noise_injection import (
     largest_noisy_weight,
     noise_groups,
     noisy_layers,
+    scale_noise_to_weights,
 )
 from benchmark.randomness import seed_model_noise
 
@@ -267,3 +268,17 @@ def test_noise_groups_reject_an_uneven_batch_and_restore_after_errors():
 def test_largest_noisy_weight():
     assert largest_noisy_weight(inject_noise(tiny_net(), "pni")) == 432
     assert largest_noisy_weight(tiny_net()) == 0
+
+
+def test_weight_relative_init_makes_cni_noise_a_fixed_fraction_of_each_layers_weight_std():
+    torch.manual_seed(0)
+    network = build("cni:mnist_a", 10).network
+    scale_noise_to_weights(network)
+    expected = (0.25 ** 2 + 0.1 ** 2) ** 0.5   # diagonal 0.25 std(W), low-rank part 0.1 std(W)
+    for layer in noisy_layers(network):
+        with torch.no_grad():
+            ratio = float(layer.sample_weight_noise(400).std() / layer.weight.std())
+        # PNI-W fallback layers keep alpha 0.25; CNI layers get both parts, whatever std(W) is
+        assert ratio == pytest.approx(0.25 if layer.noise_kind == "pni" else expected, rel=0.05)
+    stds = [float(layer.weight.std()) for layer in noisy_layers(network)]
+    assert max(stds) / min(stds) > 5, "the layers' weight scales differ, so the test means something"

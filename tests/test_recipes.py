@@ -64,6 +64,9 @@ def test_the_sha256_changes_with_the_file():
     (("learning_rate = 1e-3", "learning_rate = 1e-3\nbeta1 = 0.9"), "optimizer.beta1: unknown key"),
     (('schema = "threatbench.recipe/1"', 'schema = "threatbench.recipe/9"'), "this threatbench reads"),
     (("batch_size = 64", "batch_size = 64\nbatchsize = 3"), "batchsize: unknown key"),
+    (("batch_size = 64", 'batch_size = 64\nnoise_init = "weight_relative"'),
+     "noise_init 'weight_relative' only applies to cni: architectures"),
+    (("batch_size = 64", 'batch_size = 64\nnoise_init = "tiny"'), "noise_init 'tiny' is not one of"),
 ])
 def test_a_bad_recipe_names_the_key(change, message):
     with pytest.raises(RecipeError) as error:
