@@ -86,10 +86,17 @@ def sum_over_shards(values: np.ndarray, shard: Shard, device: torch.device) -> n
 
 
 def max_over_shards(value: float, shard: Shard, device: torch.device) -> float:
-    if not shard.sharded:
-        return value
+    return _reduce_scalar(value, dist.ReduceOp.MAX, shard, device) if shard.sharded else value
+
+
+def min_over_shards(value: int, shard: Shard, device: torch.device) -> int:
+    """E.g. the batch size every process can fit: all processes must share one batch grid."""
+    return int(_reduce_scalar(value, dist.ReduceOp.MIN, shard, device)) if shard.sharded else value
+
+
+def _reduce_scalar(value: float, op, shard: Shard, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device(device))
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=op)
     return float(tensor.item())
 
 

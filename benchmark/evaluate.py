@@ -46,6 +46,7 @@ from benchmark.distributed import (
     current_shard,
     device_for_rank,
     max_over_shards,
+    min_over_shards,
     sum_over_shards,
 )
 from benchmark.errors import DefenseOutputError, ThreatbenchError
@@ -403,7 +404,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     repeats = spec.randomized.prediction_repeats if randomized else 1
     draws = dataset_spec.attacks["epgd"].draws if randomized else None
     if requested_batch_size is None and device.type == "cuda":   # an explicit --batch-size is kept as is
-        batch_size = fit_batch_size(defense, probe.x, min(len(eval_set), GPU_MAX_BATCH), say=tqdm.write)
+        batch_size = min_over_shards(fit_batch_size(defense, probe.x, min(len(eval_set), GPU_MAX_BATCH),
+                                                    say=tqdm.write), shard, device)
 
     family_status: dict[str, dict[str, Any]] = {}
     measurements = [Measurement("clean", "clean", budget_spec.n, batch_size, _clean)]

@@ -200,3 +200,21 @@ def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count(" of 2 ok") == 2, result.stdout   # both ranks checked their sums
     assert torch.distributed.is_available()
+
+
+def test_processes_agree_on_one_batch_size(tmp_path):
+    """Each process may fit another batch on its GPU; all take the smallest, so the grid is shared."""
+    script = tmp_path / "batch.py"
+    script.write_text(
+        "import torch\n"
+        "from benchmark.distributed import current_shard, min_over_shards, leave_process_group\n"
+        "shard = current_shard(torch.device('cpu'))\n"
+        "agreed = min_over_shards([512, 256][shard.rank], shard, torch.device('cpu'))\n"
+        "assert agreed == 256, agreed\n"
+        "print('agreed', agreed, flush=True)\n"
+        "leave_process_group()\n")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script)], capture_output=True, text=True, env=_environment(tmp_path / "c"),
+                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("agreed 256") == 2
