@@ -3,9 +3,11 @@ threatbench command they run parses, and the GPU job never runs a pull request's
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,21 @@ def steps(document: dict):
 def as_shell(script: str) -> str:
     """The script as bash sees it after GitHub substitutes its ${{ }} expressions."""
     return EXPRESSION.sub("placeholder.yaml", script)
+
+
+def _schema_check(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("check_jsonschema") is None,
+                    reason="check-jsonschema (GitHub's workflow schema) is not installed: pip install -e '.[test]'")
+def test_workflows_validate_against_githubs_workflow_schema(tmp_path):
+    result = _schema_check(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOWS[0].read_text().replace("runs-on:", "runs_on:"))
+    assert _schema_check(broken).returncode != 0, "the schema check can fail"
 
 
 def test_both_submission_workflows_exist():
