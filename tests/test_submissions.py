@@ -365,3 +365,19 @@ def test_fetch_refuses_when_nothing_is_stored_and_offline_is_requested(tmp_path)
     manifest = load_manifest(write_manifest(tmp_path, manifest_document()))
     with pytest.raises(HubError, match="model.safetensors not in the store"):
         fetch(manifest, offline=True)
+
+
+@requires_olah
+def test_a_download_cut_off_midway_leaves_no_partial_file(hub, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    manifest = published(hub, tmp_path, "alice/cut-off", {"model.safetensors": ZOO_A})
+
+    def cut_off(repo_id, filename, *, local_dir, **_):
+        (Path(local_dir) / filename).write_bytes(ZOO_A.read_bytes()[:1000])   # half-written file
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cut_off)
+    code, output = run_cli(capsys, "submission", "fetch", str(manifest))
+    assert code == 2 and "cannot reach the Hub" in output and "connection reset by peer" in output
+    assert stored_files(manifest) == [], "neither the partial file nor the temporary folder is left"
