@@ -27,6 +27,11 @@ def git_revision() -> str | None:
     return sha + ("+dirty" if status.strip() else "")
 
 
+# The code that runs is the code imported when the process started: a commit made while a long
+# evaluation runs must not be credited with its numbers.
+REVISION_AT_IMPORT = git_revision()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -38,7 +43,7 @@ def collect(device: torch.device, *, batch_size: int, total_seconds: float,
             processes: int = 1, precision: str = "float32") -> dict[str, Any]:
     return {
         "threatbench": benchmark.__version__,
-        "git": git_revision(),
+        "git": REVISION_AT_IMPORT,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": device.type,
