@@ -206,17 +206,22 @@ def _build_timm(model_name: str, num_classes: int, in_channels: int) -> ImageCla
     config = network.pretrained_cfg or {}
     mean = tuple(config.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(config.get("std", (0.229, 0.224, 0.225)))
+    if len(mean) != in_channels:   # e.g. a 1-channel timm model: the channel average, per input channel
+        mean, std = (sum(mean) / len(mean),) * in_channels, (sum(std) / len(std),) * in_channels
     return ImageClassifier(network, mean, std)
 
 
-def build(name: str, num_classes: int, *, in_channels: int = 1) -> ImageClassifier:
-    """Build architecture `name` with `num_classes` outputs (random initial weights)."""
+def build(name: str, num_classes: int, *, in_channels: int | None = None) -> ImageClassifier:
+    """Build architecture `name` with `num_classes` outputs (random initial weights).
+
+    `in_channels` defaults to the architecture's own: 1 for mnist_a..d, 3 for the others.
+    """
     if name in _MNIST_FAMILY:
-        return ImageClassifier(_MNIST_FAMILY[name](num_classes, in_channels))
+        return ImageClassifier(_MNIST_FAMILY[name](num_classes, in_channels or 1))
     if name in _CIFAR_FAMILY:
         return ImageClassifier(_CIFAR_FAMILY[name](num_classes), CIFAR10_MEAN, CIFAR10_STD)
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
-        return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels)
+        return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels or 3)
     if name.startswith(NOISE_PREFIXES):
         kind, base = name.split(":", 1)
         classifier = build(base, num_classes, in_channels=in_channels)

@@ -147,7 +147,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def load(arch: str, weights: str | os.PathLike | None, *, num_classes: int, sha256: str | None = None,
-         randomized: bool = False, in_channels: int = 1, device: str | torch.device = "cpu",
+         randomized: bool = False, in_channels: int | None = None, device: str | torch.device = "cpu",
          name: str | None = None, normalization: dict[str, Sequence[float]] | None = None) -> Defense:
     """Build `arch`, load its safetensors `weights` (sha256-checked when given), wrap as a Defense.
 

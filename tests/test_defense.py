@@ -71,6 +71,9 @@ def test_timm_model_builds_with_its_normalization_inside():
     assert classifier.mean.flatten().tolist() == pytest.approx(list(config["mean"]))
     assert classifier.std.flatten().tolist() == pytest.approx(list(config["std"]))
     assert classifier(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+    gray = build("timm:resnet18", 10, in_channels=1)   # e.g. on Fashion-MNIST: one normalization channel
+    assert gray.mean.flatten().tolist() == pytest.approx([sum(config["mean"]) / 3])
+    assert gray(torch.rand(2, 1, 32, 32)).shape == (2, 10)
 
     # A model whose pretrained config is not the ImageNet default: the constants follow the config.
     test_model = build("timm:test_resnet.r160_in1k", 7)
