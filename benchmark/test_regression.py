@@ -13,7 +13,12 @@ from benchmark.regression import MissingResource, compare, regression_cases, unm
 CASES = regression_cases()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.test_id for case in CASES])
+# One xdist worker per record: its replay is computed once (cached) and shared by its measurements.
+PARAMS = [pytest.param(case, id=case.test_id,
+                       marks=pytest.mark.xdist_group(f"{case.dataset}-{case.entry}")) for case in CASES]
+
+
+@pytest.mark.parametrize("case", PARAMS)
 def test_recorded_measurement_replays(case):
     if case.record_path is None:
         pytest.skip(unmeasured_reason(case))

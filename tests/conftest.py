@@ -21,6 +21,17 @@ def fashion_installed() -> bool:
 requires_fashion = pytest.mark.skipif(not fashion_installed(), reason=FASHION_REASON)
 
 
+def pytest_collection_modifyitems(config, items):
+    # Start the long tests first (slow ones, then the regression replays), so that xdist's workers
+    # share them instead of one finishing alone.
+    def order(item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.nodeid.startswith("benchmark/") else 2
+
+    items.sort(key=order)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Never read or write the user's real cache or data roots from a test.
