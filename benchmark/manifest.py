@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -110,9 +110,6 @@ class Manifest:
 
     def summary(self) -> dict[str, Any]:
         return {"file": f"submissions/{self.path.name}", "sha256": self.sha256}
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self.model)
 
 
 # ---------------------------------------------------------------- checks

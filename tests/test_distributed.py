@@ -180,6 +180,15 @@ def test_a_killed_rank_leaves_its_finished_shards_resumable(tmp_path):
     assert not any(p.exists() for p in states)
 
 
+def run_two_processes(script: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`script` in a real 2-process torchrun group (gloo); fails the test if a process fails."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script)], capture_output=True, text=True, env=_environment(tmp_path / "c"),
+                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
     """The reduction used to gather outcomes, in two real gloo processes."""
     script = tmp_path / "reduce.py"
@@ -194,10 +203,7 @@ def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
         "assert (total == np.arange(1, 8)).all(), total\n"
         "print(f'rank {shard.rank} of {shard.world_size} ok', flush=True)\n"
         "leave_process_group()\n")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                             str(script)], capture_output=True, text=True, env=_environment(tmp_path / "c"),
-                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_two_processes(script, tmp_path)
     assert result.stdout.count(" of 2 ok") == 2, result.stdout   # both ranks checked their sums
     assert torch.distributed.is_available()
 
@@ -213,8 +219,5 @@ def test_processes_agree_on_one_batch_size(tmp_path):
         "assert agreed == 256, agreed\n"
         "print('agreed', agreed, flush=True)\n"
         "leave_process_group()\n")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                             str(script)], capture_output=True, text=True, env=_environment(tmp_path / "c"),
-                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_two_processes(script, tmp_path)
     assert result.stdout.count("agreed 256") == 2
