@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from tabulate import tabulate
@@ -15,6 +16,7 @@ from tabulate import tabulate
 from benchmark.data import DataError
 from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
+from benchmark.kernel_tuning import MEMORY_FORMATS
 from benchmark.spec import WHITE_BOX_ATTACKS, Spec, load_spec
 
 EXIT_USER_ERROR = 2
@@ -169,7 +171,7 @@ def command_evaluate(args) -> int:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
-                      progress=not args.no_progress, families=families, precision=args.precision)
+                      progress=not args.no_progress, families=families, **_numerics(args))
     if is_main_process():
         print(format_result(result))
         print(f"\nrecord written to {out} ({result.record['provenance']['processes']} process(es))")
@@ -240,7 +242,7 @@ def command_run(args) -> int:
         say(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
         result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
                           data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
-                          progress=not args.no_progress, families=families, precision=args.precision)
+                          progress=not args.no_progress, families=families, **_numerics(args))
         say(format_result(result))
         records.append(result.record)
     say(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
@@ -424,8 +426,10 @@ def command_perf(args) -> int:
     from benchmark.attacks.transfer import TransferSource
     from benchmark.data import load_evaluation_set
     from benchmark.defense import load
+    from benchmark.kernel_tuning import apply_memory_format, resolve_tuning
     from benchmark.perf import (
         measure_attacks,
+        measure_kernel_tunings,
         measure_nattack,
         measure_smoothed_predict,
         measure_transfer_cache,
@@ -442,11 +446,19 @@ def command_perf(args) -> int:
     eval_set = load_evaluation_set("fashion-mnist", args.batch_size, args.data_dir)
     x = torch.stack([eval_set[i][0] for i in range(args.batch_size)]).to(device)
     y = eval_set.labels[: args.batch_size].to(device)
-    attacks = [a for a in WHITE_BOX_ATTACKS if a != "epgd"]
-    floor, rows = measure_attacks(defense, dataset, x, y, attacks, repeats=args.repeats)
     print(f"model A ({'trained' if weights.is_file() else 'random init'} weights) on fashion-mnist, "
           f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved repeats")
+    tunings = measure_kernel_tunings(defense, x, y, repeats=args.repeats)
+    print("\nkernel options: the floor (one forward + backward w.r.t. the input) under each")
+    print(tabulate([[t.tuning.memory_format, "on" if t.tuning.cudnn_autotune else "off",
+                     f"{1000 * t.floor_seconds:.2f}", f"{t.speedup_over(tunings[0]):.3f}"] for t in tunings],
+                   headers=["memory format", "cudnn autotune", "floor ms", "speed-up"], tablefmt="github"))
+    tuning = resolve_tuning(defense, device)
+    apply_memory_format(defense, tuning)
+    attacks = [a for a in WHITE_BOX_ATTACKS if a != "epgd"]
+    floor, rows = measure_attacks(defense, dataset, x, y, attacks, repeats=args.repeats)
+    print(f"\nbelow: evaluate's defaults, memory format {tuning.memory_format}, cudnn autotune off")
     print(f"floor (one forward + backward w.r.t. the input): {1000 * floor:.2f} ms\n")
     print(tabulate([[r.attack, r.gradient_steps, f"{1000 * r.seconds_per_step:.2f}",
                      f"{r.ratio_to_floor:.3f}", f"{r.images_per_second:.0f}"] for r in rows],
@@ -577,7 +589,7 @@ def command_submission_evaluate(args) -> int:
     print(f"judging {manifest.name} on {manifest.dataset}, budget {budget} ({reason}) -> {out}")
     result = evaluate(defense, manifest.dataset, budget=budget, seed=args.seed, out=out, device=device,
                       data_dir=args.data_dir, entry=entry, spec=spec, progress=not args.no_progress,
-                      precision=args.precision)
+                      **_numerics(args))
     if not is_main_process():
         return 0
     print(format_result(result))
@@ -595,10 +607,24 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_precision(parser: argparse.ArgumentParser) -> None:
+def _add_numerics(parser: argparse.ArgumentParser) -> None:
+    """How the passes run: precision and kernel options, all recorded in the provenance."""
     parser.add_argument("--precision", choices=["float32", "tf32", "bf16"], default="float32",
                         help="float32 (default); tf32 or bf16 autocast only after `threatbench "
                              "precision-check` passed on this device; recorded in the provenance")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                        help="auto (default): channels_last on a GPU for convolutional models, "
+                             "contiguous on a CPU")
+    parser.add_argument("--cudnn-autotune", action="store_true",
+                        help="let cuDNN time and pick its fastest algorithms (GPU only): faster, but "
+                             "results then agree with other runs and shard layouts only up to float "
+                             "rounding")
+
+
+def _numerics(args) -> dict[str, Any]:
+    """The evaluate() keywords of the options `_add_numerics` added."""
+    return {"precision": args.precision, "memory_format": args.memory_format,
+            "cudnn_autotune": args.cudnn_autotune}
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -622,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="records go to <out-dir>/<dataset>/<entry>-<budget>.json")
     run.add_argument("--seed", type=int, help="default: the spec's seed")
     _add_runtime(run)
-    _add_precision(run)
+    _add_numerics(run)
     run.set_defaults(handler=command_run)
 
     zoo = commands.add_parser("zoo", help="manage the baseline zoo")
@@ -654,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated subset of white_box,transfer,adaptive (a record that "
                                "lacks a family has no overall worst case and is never ranked)")
     _add_common(evaluate)
-    _add_precision(evaluate)
+    _add_numerics(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     spec = commands.add_parser("spec", help="print the threat-model spec as tables")
@@ -750,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="the record goes to <out-dir>/<dataset>/<name>-<budget>.json "
                                       "(leaderboard/results for the leaderboard)")
             command.add_argument("--seed", type=int, help="default: the spec's seed")
-            _add_precision(command)
+            _add_numerics(command)
 
     perf = commands.add_parser("perf", help="time each attack per step against the forward+backward floor")
     perf.add_argument("--device", choices=["cpu", "cuda"])

@@ -50,6 +50,13 @@ from benchmark.distributed import (
     sum_over_shards,
 )
 from benchmark.errors import DefenseOutputError, ThreatbenchError
+from benchmark.kernel_tuning import (
+    DEFAULT_TUNING,
+    KernelTuning,
+    apply_memory_format,
+    cudnn_autotune_context,
+    resolve_tuning,
+)
 from benchmark.memory import fit_batch_size
 from benchmark.precision import check_available, precision_context, require_validated
 from benchmark.randomness import seed_model_noise
@@ -368,7 +375,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              entry: EntryInfo | None = None, spec: Spec | None = None, progress: bool = True,
              checkpoint_seconds: float = 30.0, sources: list[TransferSource] | None = None,
              families: tuple[str, ...] = FAMILIES, precision: str = "float32",
-             validated_precision_only: bool = True) -> Result:
+             validated_precision_only: bool = True, memory_format: str = "auto",
+             cudnn_autotune: bool = False) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
@@ -376,6 +384,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     With `out`, progress is checkpointed beside it and a rerun of the same call resumes.
     `precision` other than float32 must have passed `threatbench precision-check` on this device
     (benchmark.precision); only that check itself sets `validated_precision_only=False`.
+    `memory_format` and `cudnn_autotune` are the kernel options of benchmark.kernel_tuning.
     """
     started = time.time()
     spec = spec or load_spec()
@@ -397,6 +406,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     preprocessing = dataset_spec.preprocessing.as_dict() if dataset_spec.preprocessing else None
     eval_set = load_evaluation_set(dataset, budget_spec.n, data_dir, imagenet_preprocessing=preprocessing)
     defense = defense.to(device)
+    tuning = resolve_tuning(defense, device, memory_format=memory_format, cudnn_autotune=cudnn_autotune)
+    apply_memory_format(defense, tuning)
     probe = next(iterate_batches(eval_set, 0, min(batch_size, 64), device))
     check_defense_output(defense, probe.x, dataset_spec.num_classes)
     detected = probe_randomness(defense, probe.x)
@@ -442,12 +453,13 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
                             subset=eval_set.sha256, seed=seed, batch_size=batch_size,
                             device=device.type, entry=entry.__dict__,
                             **({"precision": precision} if precision != "float32" else {}),
+                            **tuning.as_provenance(),
                             measurements=[(m.name, m.n, m.params) for m in measurements],
                             **({"shard": [shard.rank, shard.world_size]} if shard.sharded else {}))
     state = EvaluationState.open(state_path_for(out, shard), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
                       progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
-    with precision_context(precision, device):
+    with precision_context(precision, device), cudnn_autotune_context(tuning):
         measured = [(m.name, *run.measure(m)) for m in measurements]
     outcomes, costs = {}, {}
     for name, shard_outcomes, shard_costs in measured:   # the same order in every process
@@ -461,7 +473,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         outcomes=outcomes, costs=costs, family_status=family_status, device=device,
         batch_size=batch_size, total_seconds=max_over_shards(time.time() - started, shard, device),
         transfer_cache=transfer_cache, examples_file=examples_path(out).name if out is not None else None,
-        processes=shard.world_size, precision=precision,
+        processes=shard.world_size, precision=precision, tuning=tuning,
     )
     if precision_check is not None:
         record["provenance"]["precision_check"] = precision_check
@@ -506,7 +518,7 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
                  family_status: dict[str, dict[str, Any]], device: torch.device, batch_size: int,
                  total_seconds: float, transfer_cache: TransferCache | None,
                  examples_file: str | None, processes: int = 1,
-                 precision: str = "float32") -> dict[str, Any]:
+                 precision: str = "float32", tuning: KernelTuning = DEFAULT_TUNING) -> dict[str, Any]:
     confidence = spec.confidence
     by_family: dict[str, list[str]] = {}
     attacks, diagnostics = {}, {}
@@ -565,7 +577,8 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         "diagnostics": diagnostics,
         "examples_file": examples_file,
         "provenance": provenance.collect(device, batch_size=batch_size, total_seconds=total_seconds,
-                                         processes=processes, precision=precision),
+                                         processes=processes, precision=precision,
+                                         tuning=tuning.as_provenance()),
     }
     if transfer_cache is not None:
         record["provenance"]["transfer_cache"] = {

@@ -8,6 +8,7 @@ are shared and noisy. This is a benchmark, not a test: it prints numbers and ass
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attacks.gradient import AttackBatch, run_white_box
+from benchmark.kernel_tuning import KernelTuning, apply_memory_format, cudnn_autotune_context
 from benchmark.spec import DatasetSpec
 
 
@@ -197,3 +199,41 @@ def measure_smoothed_predict(defense, x: torch.Tensor, *, samples: int = 16, sig
         floor_times.append(_time(floor, device))
         predict_times.append(_time(lambda: smoothed.predict(x), device))
     return SmoothingPerf(x.shape[0], samples, statistics.median(predict_times), statistics.median(floor_times))
+
+
+@dataclass(frozen=True)
+class TuningPerf:
+    tuning: KernelTuning
+    floor_seconds: float
+
+    def speedup_over(self, baseline: TuningPerf) -> float:
+        return baseline.floor_seconds / self.floor_seconds
+
+
+def kernel_tunings(device: torch.device) -> list[KernelTuning]:
+    """Every combination of kernel options this device can run, the plain one first."""
+    autotune = [False, True] if device.type == "cuda" else [False]
+    return [KernelTuning(memory_format, on) for memory_format in ("contiguous", "channels_last")
+            for on in autotune]
+
+
+def measure_kernel_tunings(defense, x: torch.Tensor, y: torch.Tensor, *, steps: int = 10,
+                           repeats: int = 5) -> list[TuningPerf]:
+    """The forward+backward floor under each kernel option (interleaved, median): where they help."""
+    device = x.device
+    tunings = kernel_tunings(device)
+    variants = [apply_memory_format(copy.deepcopy(defense), tuning) for tuning in tunings]
+    times: list[list[float]] = [[] for _ in tunings]
+
+    def loop(variant):
+        for _ in range(steps):
+            floor_step(variant, x, y)
+
+    for tuning, variant in zip(tunings, variants, strict=True):   # warm-up; autotuning picks here
+        with cudnn_autotune_context(tuning):
+            loop(variant)
+    for _ in range(repeats):
+        for index, (tuning, variant) in enumerate(zip(tunings, variants, strict=True)):
+            with cudnn_autotune_context(tuning):
+                times[index].append(_time(lambda v=variant: loop(v), device) / steps)
+    return [TuningPerf(tuning, statistics.median(t)) for tuning, t in zip(tunings, times, strict=True)]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 import benchmark
+from benchmark.kernel_tuning import DEFAULT_TUNING
 
 
 def git_revision() -> str | None:
@@ -40,7 +41,8 @@ def device_name(device: torch.device) -> str:
 
 
 def collect(device: torch.device, *, batch_size: int, total_seconds: float,
-            processes: int = 1, precision: str = "float32") -> dict[str, Any]:
+            processes: int = 1, precision: str = "float32",
+            tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "threatbench": benchmark.__version__,
         "git": REVISION_AT_IMPORT,
@@ -52,6 +54,7 @@ def collect(device: torch.device, *, batch_size: int, total_seconds: float,
         "precision": precision,
         "batch_size": batch_size,
         "processes": processes,
+        **(tuning or DEFAULT_TUNING.as_provenance()),
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "total_seconds": round(total_seconds, 3),
     }

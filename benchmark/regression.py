@@ -160,7 +160,9 @@ def replay(record_path: Path) -> dict[str, np.ndarray]:
             evaluate(defense, record["dataset"], budget=REGRESSION_BUDGET, seed=record["seed"],
                      out=Path(directory) / "regression.json", device=device,
                      batch_size=record["provenance"].get("batch_size"), spec=spec, progress=False,
-                     entry=EntryInfo(name=record["entry"]["name"]), families=families)
+                     entry=EntryInfo(name=record["entry"]["name"]), families=families,
+                     memory_format=record["provenance"].get("memory_format", "contiguous"),
+                     cudnn_autotune=record["provenance"].get("cudnn_autotune", False))
         except DataError as error:
             raise MissingResource(f"the {record['dataset']} data directory is missing: {error}") from None
         replayed = read_outcomes(Path(directory) / "regression.json")
