@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,19 @@ def test_channels_last_changes_the_layout_not_the_function():
     assert not convs[-1].weight.is_contiguous()   # really NHWC (with one input channel both coincide)
     x = torch.rand(16, 1, 28, 28)
     torch.testing.assert_close(tuned(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["pni:mnist_a", "cni:mnist_a"])
+def test_weight_noise_models_draw_the_same_noise_in_channels_last(architecture):
+    torch.manual_seed(0)
+    plain = Defense(build(architecture, 10), 10, randomized=True)
+    tuned = apply_memory_format(copy.deepcopy(plain), KernelTuning("channels_last"))
+    x = torch.rand(6, 1, 28, 28)
+    outputs = []
+    for defense in (plain, tuned):
+        torch.manual_seed(1)
+        outputs.append(defense(x))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
 
 
 def test_autotune_context_sets_and_restores_cudnn_benchmark():
