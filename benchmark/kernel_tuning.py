@@ -1,9 +1,11 @@
 """How the kernels run: memory format (channels_last) and cuDNN autotuning, both recorded in provenance.
 
 - `channels_last` (NHWC) lets cuDNN use its fastest convolution kernels on recent GPUs. It is a pure
-  layout change; `auto` picks it on a GPU for models with 2-d convolutions and keeps the default
-  (contiguous NCHW) on a CPU, where it rarely helps small models. The choice depends only on the
-  model and the device, so every process of a sharded run makes the same one.
+  layout change, but kernels for another layout round differently. `auto` picks it on a GPU for
+  models with 2-d convolutions and keeps contiguous NCHW on a CPU, so that the CPU records measured
+  before this option existed still replay bit for bit; `threatbench perf` shows what channels_last
+  would gain on a given CPU. The choice depends only on the model and the device, so every process
+  of a sharded run makes the same one.
 - cuDNN autotuning (`torch.backends.cudnn.benchmark`) times several algorithms per input shape and
   keeps the fastest. Algorithms round differently and the timing is noisy, so two processes (or two
   runs) may pick different ones: results then agree only up to float rounding, and a rare borderline
