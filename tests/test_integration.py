@@ -20,12 +20,12 @@ def test_train_model_a_briefly_and_evaluate_it_under_all_families(tmp_path):
     model = train_standard(recipe, tmp_path / "model", progress=False)
     defense = load("mnist_a", model.weights, num_classes=10, sha256=model.sha256)
     out = tmp_path / "A.json"
-    spec = small_spec(n=250, nattack_n=8, nattack_max_iterations=20)
+    spec = small_spec(n=150, nattack_n=6, nattack_max_iterations=20)
     result = evaluate(defense, "fashion-mnist", budget="quick", out=out, progress=False, spec=spec,
                       entry=EntryInfo(name="A", architecture="mnist_a",
                                       weights={"file": model.weights.name, "sha256": model.sha256}))
     record = read_record(out)
-    assert record["n"] == 250 and record["nattack_n"] == 8
+    assert record["n"] == 150 and record["nattack_n"] == 6
     assert all(status["status"] == "run" for status in record["families"].values())
     clean = record["clean"]["accuracy"]
     attacks = {name: a["accuracy"] for name, a in record["attacks"].items()}
@@ -37,5 +37,5 @@ def test_train_model_a_briefly_and_evaluate_it_under_all_families(tmp_path):
     assert record["worst_case"]["white_box"]["accuracy"] <= attacks["pgd"]
     assert record["worst_case"]["all"]["accuracy"] <= min(record["worst_case"]["all"]["families_on_subset"].values())
     outcomes = read_outcomes(out)
-    assert outcomes["nattack"].n == 8 and outcomes["nattack"].queries is not None
+    assert outcomes["nattack"].n == 6 and outcomes["nattack"].queries is not None
     assert result.record["flags"]["single_step_beats_pgd"]["raised"] is False
