@@ -2,7 +2,7 @@
 
 Each recorded (entry, measurement) is re-evaluated on the regression subset, the first
 `REGRESSION_N` examples of the record's own evaluation subset (`REGRESSION_N_RANDOMIZED` for a
-randomized entry; NAttack: the first `REGRESSION_NATTACK_N`), and compared with the record's per-example outcomes on those examples.
+randomized entry; NAttack: the first `REGRESSION_NATTACK_N`, or `..._RANDOMIZED`), and compared with the record's per-example outcomes on those examples.
 Every random draw is keyed by (seed, measurement, example index), so a deterministic defense on
 the same device type must reproduce the recorded bits exactly; a randomized one (or another
 device type) must agree within the 95% intervals.
@@ -37,12 +37,11 @@ from benchmark.stats import intervals_overlap, wilson_interval
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPOSITORY / "leaderboard" / "results"
 REGRESSION_N = 40
-REGRESSION_N_RANDOMIZED = 6    # compared within intervals anyway, so these replays mostly catch breakage:
-                               # every forward pass of a weight-noise model draws fresh noise for each
-                               # example, which (with EOT draws, repeats and smoothing's m) costs about
-                               # 13 s per example on a CPU; this keeps CI under 30 minutes
+REGRESSION_N_RANDOMIZED = 6    # compared within intervals anyway, so these replays mostly catch breakage;
+                               # weight-noise models draw fresh noise per example and per EOT draw, so
+                               # their replays cost minutes on a CPU even at this size
 REGRESSION_NATTACK_N = 2       # a robust model spends the whole query budget (15,000) per image
-REGRESSION_NATTACK_N_RANDOMIZED = 1
+REGRESSION_NATTACK_N_RANDOMIZED = 1   # each of the 300 population rows draws its own weight noise
 REGRESSION_BUDGET = "regression"
 
 
