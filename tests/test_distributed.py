@@ -189,6 +189,11 @@ def run_two_processes(script: Path, tmp_path: Path) -> subprocess.CompletedProce
     return result
 
 
+def rank_outputs(tmp_path: Path) -> list[str]:
+    """What each rank wrote to its own file (the ranks share one stdout, where lines can interleave)."""
+    return [(tmp_path / f"rank{rank}.out").read_text() for rank in range(2)]
+
+
 def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
     """The reduction used to gather outcomes, in two real gloo processes."""
     script = tmp_path / "reduce.py"
@@ -201,10 +206,10 @@ def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
         "values[mask] = np.arange(7)[mask] + 1\n"
         "total = sum_over_shards(values, shard, torch.device('cpu'))\n"
         "assert (total == np.arange(1, 8)).all(), total\n"
-        "print(f'rank {shard.rank} of {shard.world_size} ok', flush=True)\n"
+        f"open(r'{tmp_path}' + f'/rank{{shard.rank}}.out', 'w').write(f'{{shard.world_size}} ok')\n"
         "leave_process_group()\n")
-    result = run_two_processes(script, tmp_path)
-    assert result.stdout.count(" of 2 ok") == 2, result.stdout   # both ranks checked their sums
+    run_two_processes(script, tmp_path)
+    assert rank_outputs(tmp_path) == ["2 ok", "2 ok"]   # both ranks checked their sums
     assert torch.distributed.is_available()
 
 
@@ -217,7 +222,7 @@ def test_processes_agree_on_one_batch_size(tmp_path):
         "shard = current_shard(torch.device('cpu'))\n"
         "agreed = min_over_shards([512, 256][shard.rank], shard, torch.device('cpu'))\n"
         "assert agreed == 256, agreed\n"
-        "print('agreed', agreed, flush=True)\n"
+        f"open(r'{tmp_path}' + f'/rank{{shard.rank}}.out', 'w').write(f'agreed {{agreed}}')\n"
         "leave_process_group()\n")
-    result = run_two_processes(script, tmp_path)
-    assert result.stdout.count("agreed 256") == 2
+    run_two_processes(script, tmp_path)
+    assert rank_outputs(tmp_path) == ["agreed 256", "agreed 256"]
