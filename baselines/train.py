@@ -30,6 +30,7 @@ from benchmark.results import atomic_write_json
 from benchmark.spec import Spec, load_spec
 from benchmark.training import (
     StandardRecipe,
+    fixed_cpu_threads,
     load_checkpoint,
     run_epoch,
     save_checkpoint,
@@ -178,20 +179,21 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     snapshots = _existing_snapshots(recipe, directory, first_epoch)
     objective, started = OBJECTIVES[recipe.trainer], time.perf_counter()
     source_counts: dict[str, int] = {}
-    for epoch in range(first_epoch, recipe.epochs):
-        context = BatchContext(model, recipe.adversary, epoch, torch.Generator().manual_seed(
-            derive_seed(recipe.seed, "sources", epoch)), statics, source_counts)
-        steps = run_epoch(model, optimizer, x, y, lambda xb, yb, c=context: objective(c, xb, yb),
-                          seed=recipe.seed, epoch=epoch, epochs=recipe.epochs,
-                          batch_size=recipe.batch_size, steps_done=steps, max_steps=max_steps,
-                          clip_grad_norm=recipe.adversary.get("clip_grad_norm", 0.0),
-                          progress=progress, device=device)
-        if max_steps is not None and steps >= max_steps:
-            break
-        if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
-            snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
-                                                 recipe, epoch + 1)
-        save_checkpoint(checkpoint, model.network, optimizer, epoch + 1)
+    with fixed_cpu_threads(device):
+        for epoch in range(first_epoch, recipe.epochs):
+            context = BatchContext(model, recipe.adversary, epoch, torch.Generator().manual_seed(
+                derive_seed(recipe.seed, "sources", epoch)), statics, source_counts)
+            steps = run_epoch(model, optimizer, x, y, lambda xb, yb, c=context: objective(c, xb, yb),
+                              seed=recipe.seed, epoch=epoch, epochs=recipe.epochs,
+                              batch_size=recipe.batch_size, steps_done=steps, max_steps=max_steps,
+                              clip_grad_norm=recipe.adversary.get("clip_grad_norm", 0.0),
+                              progress=progress, device=device)
+            if max_steps is not None and steps >= max_steps:
+                break
+            if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
+                snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
+                                                     recipe, epoch + 1)
+            save_checkpoint(checkpoint, model.network, optimizer, epoch + 1)
 
     final_epoch = recipe.epochs if max_steps is None else epoch + 1
     final = _save_weights(model.network, directory / "weights.safetensors", recipe, final_epoch)

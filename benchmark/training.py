@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,27 @@ from benchmark.data import load_training_tensors
 from benchmark.defense import file_sha256
 from benchmark.randomness import derive_seed
 from benchmark.results import atomic_write_json
+
+CPU_TRAINING_THREADS = 2   # the count the zoo's rebuilt entries (C) were trained with
+
+
+@contextmanager
+def fixed_cpu_threads(device: str | torch.device = "cpu") -> Iterator[None]:
+    """Train on a CPU with CPU_TRAINING_THREADS intra-op threads, whatever the machine or pytest set.
+
+    CPU convolution and matmul kernels split their sums by thread, so the same recipe gives other
+    bits at another thread count (C rebuilt with 1 thread missed its pinned sha256). A fixed count
+    keeps a recipe's weights bit-identical across machines of one CPU type. GPUs are unaffected.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(CPU_TRAINING_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -148,11 +170,12 @@ def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, prog
     first_epoch = load_checkpoint(checkpoint, network, optimizer) if checkpoint.is_file() else 0
     steps_per_epoch = -(-len(x) // recipe.batch_size)
     steps_done = first_epoch * steps_per_epoch
-    for epoch in range(first_epoch, recipe.epochs):
-        steps_done = train_epoch(network, optimizer, x, y, recipe, epoch, steps_done, progress)
-        save_checkpoint(checkpoint, network, optimizer, epoch + 1)
-        if recipe.max_steps is not None and steps_done >= recipe.max_steps:
-            break
+    with fixed_cpu_threads():
+        for epoch in range(first_epoch, recipe.epochs):
+            steps_done = train_epoch(network, optimizer, x, y, recipe, epoch, steps_done, progress)
+            save_checkpoint(checkpoint, network, optimizer, epoch + 1)
+            if recipe.max_steps is not None and steps_done >= recipe.max_steps:
+                break
 
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(weights), metadata={"recipe_sha256": recipe.sha256()})

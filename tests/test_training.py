@@ -50,3 +50,32 @@ def test_a_finished_model_is_reused_not_retrained(tmp_path, monkeypatch):
     first = train_standard(RECIPE, tmp_path / "m", progress=False)
     monkeypatch.setattr(training, "train_epoch", lambda *a: pytest.fail("retrained a cached model"))
     assert train_standard(RECIPE, tmp_path / "m", progress=False).sha256 == first.sha256
+
+
+@pytest.mark.parametrize("process_threads", [1, 3])
+def test_cpu_training_runs_at_the_fixed_thread_count_and_restores_the_callers(tmp_path, monkeypatch,
+                                                                              process_threads):
+    seen = []
+    real_epoch = training.train_epoch
+    monkeypatch.setattr(training, "train_epoch",
+                        lambda *args: seen.append(torch.get_num_threads()) or real_epoch(*args))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(process_threads)
+    try:
+        train_standard(RECIPE, tmp_path / "m", progress=False)
+        assert torch.get_num_threads() == process_threads
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [training.CPU_TRAINING_THREADS] * RECIPE.epochs
+
+
+def test_weights_do_not_depend_on_the_callers_thread_count(tmp_path):
+    previous = torch.get_num_threads()
+    hashes = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            hashes.append(train_standard(RECIPE, tmp_path / f"t{threads}", progress=False).sha256)
+    finally:
+        torch.set_num_threads(previous)
+    assert hashes[0] == hashes[1]
