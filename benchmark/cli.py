@@ -420,12 +420,21 @@ def command_transfer_matrix(args) -> int:
     return 0
 
 
+def _perf_model(device: torch.device):
+    """Model A of the committed zoo: trained weights, so that NAttack's queries are those of a real run."""
+    from baselines.zoo import entry_defense, load_zoo
+
+    entry = load_zoo("fashion-mnist").entry("A")
+    defense = entry_defense(entry, 10, device=device)
+    return defense, {"dataset": "fashion-mnist", "entry": entry.name, "architecture": entry.architecture,
+                     "sha256": entry.sha256}
+
+
 def command_perf(args) -> int:
     import tempfile
+    import time
 
-    from benchmark.attacks.transfer import TransferSource
     from benchmark.data import load_evaluation_set
-    from benchmark.defense import load
     from benchmark.kernel_tuning import apply_memory_format, resolve_tuning
     from benchmark.perf import (
         measure_attacks,
@@ -433,22 +442,24 @@ def command_perf(args) -> int:
         measure_nattack,
         measure_smoothed_predict,
         measure_transfer_cache,
+        perf_report,
     )
+    from benchmark.provenance import collect
+    from benchmark.results import atomic_write_json, check_output_path
     from benchmark.sources import load_held_out_sources
-    from benchmark.training import StandardRecipe, standard_model_dir
 
+    if args.out:
+        check_output_path(args.out)   # before minutes of measuring, not after
+    started = time.perf_counter()
     spec = load_spec()
     dataset = spec.dataset("fashion-mnist")
     device = _pick_device(args.device)
-    recipe = StandardRecipe()
-    weights = standard_model_dir(recipe) / "weights.safetensors"
-    defense = load("mnist_a", weights if weights.is_file() else None, num_classes=10, device=device)
+    defense, model = _perf_model(device)
     eval_set = load_evaluation_set("fashion-mnist", args.batch_size, args.data_dir)
     x = torch.stack([eval_set[i][0] for i in range(args.batch_size)]).to(device)
     y = eval_set.labels[: args.batch_size].to(device)
-    print(f"model A ({'trained' if weights.is_file() else 'random init'} weights) on fashion-mnist, "
-          f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} interleaved repeats")
+    print(f"zoo model A (sha256 {model['sha256'][:12]}) on fashion-mnist, batch {args.batch_size}, "
+          f"device {device}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats")
     tunings = measure_kernel_tunings(defense, x, y, repeats=args.repeats)
     print("\nkernel options: the floor (one forward + backward w.r.t. the input) under each")
     print(tabulate([[t.tuning.memory_format, "on" if t.tuning.cudnn_autotune else "off",
@@ -480,17 +491,36 @@ def command_perf(args) -> int:
           f"images, no gradient): {1000 * smoothing.floor_seconds:.2f} ms; {smoothing.ratio_to_floor:.3f} x floor")
 
     sources, reason = load_held_out_sources(dataset, device)
-    if not sources:
+    transfer = None
+    if sources:
+        source = sources[0]
+        with tempfile.TemporaryDirectory() as cache_root:
+            transfer = measure_transfer_cache(source, dataset, eval_set, Path(cache_root), device=device,
+                                              batch_size=args.batch_size)
+        print(f"\ntransfer (pgd crafted on held-out {source.name}, {args.batch_size} images): first target "
+              f"{transfer.crafting_seconds:.2f} s (crafting, {transfer.misses} chunk miss); every later "
+              f"target {transfer.cached_seconds:.3f} s ({transfer.hits} chunk hit)")
+    else:
         print(f"\ntransfer: skipped ({reason})")
-        return 0
-    source: TransferSource = sources[0]
-    with tempfile.TemporaryDirectory() as cache_root:
-        transfer = measure_transfer_cache(source, dataset, eval_set, Path(cache_root), device=device,
-                                          batch_size=args.batch_size)
-    print(f"\ntransfer (pgd crafted on held-out {source.name}, {args.batch_size} images): first target "
-          f"{transfer.crafting_seconds:.2f} s (crafting, {transfer.misses} chunk miss); every later "
-          f"target {transfer.cached_seconds:.3f} s ({transfer.hits} chunk hit)")
+
+    report = perf_report(
+        model=model, device=device, batch_size=args.batch_size, repeats=args.repeats, tunings=tunings,
+        tuning=tuning, floor_seconds=floor, rows=rows, nattack=nattack,
+        nattack_iterations=args.nattack_iterations, smoothing=smoothing, transfer=transfer,
+        provenance=collect(device, batch_size=args.batch_size, total_seconds=time.perf_counter() - started,
+                           tuning=tuning.as_provenance()))
+    _print_goals(report["goals"])
+    if args.out:
+        atomic_write_json(args.out, report)
+        print(f"\nwrote {args.out}")
     return 0
+
+
+def _print_goals(goals: dict) -> None:
+    judged = "judged here" if goals["judged"] else "not judged on this device, shown for comparison"
+    print(f"\nspeed goals (set for {goals['device']}; {judged})")
+    print(tabulate([[g["measurement"], f"{g['ratio']:.3f}", f"<= {g['at_most']}", "yes" if g["met"] else "no"]
+                    for g in goals["goals"]], headers=["measurement", "x floor", "goal", "met"], tablefmt="github"))
 
 
 def command_precision_check(args) -> int:
@@ -786,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--nattack-iterations", type=int, default=10)
     perf.add_argument("--smoothing-samples", type=int, default=16, help="draws of smoothed predict")
     perf.add_argument("--data-dir")
+    perf.add_argument("--out", help="also write the measurements as JSON (threatbench.perf/1), e.g. "
+                                    "leaderboard/perf/<device>.json")
     perf.set_defaults(handler=command_perf)
     return parser
 

@@ -21,6 +21,12 @@ from benchmark.attacks.gradient import AttackBatch, run_white_box
 from benchmark.kernel_tuning import KernelTuning, apply_memory_format, cudnn_autotune_context
 from benchmark.spec import DatasetSpec
 
+PERF_SCHEMA = "threatbench.perf/1"
+# The speed goals (time per gradient step, per query, per smoothed predict, over its floor). They are
+# set for an H100-class GPU: elsewhere the ratios are recorded for comparison, not judged.
+GOALS = (("pgd", 1.1), ("nattack", 1.2), ("smoothed_predict", 1.2))
+GOAL_DEVICE = "an H100-class GPU"
+
 
 @dataclass(frozen=True)
 class PerfRow:
@@ -237,3 +243,47 @@ def measure_kernel_tunings(defense, x: torch.Tensor, y: torch.Tensor, *, steps: 
             with cudnn_autotune_context(tuning):
                 times[index].append(_time(lambda v=variant: loop(v), device) / steps)
     return [TuningPerf(tuning, statistics.median(t)) for tuning, t in zip(tunings, times, strict=True)]
+
+
+def goal_verdicts(ratios: dict[str, float], device: torch.device) -> dict:
+    """Each goal with its measured ratio; `judged` is whether this device is one the goals are set for."""
+    return {
+        "device": GOAL_DEVICE,
+        "judged": device.type == "cuda",
+        "goals": [{"measurement": name, "ratio": round(ratios[name], 4), "at_most": target,
+                   "met": ratios[name] <= target} for name, target in GOALS],
+    }
+
+
+def perf_report(*, model: dict, device: torch.device, batch_size: int, repeats: int,
+                tunings: list[TuningPerf], tuning: KernelTuning, floor_seconds: float, rows: list[PerfRow],
+                nattack: NAttackPerf, nattack_iterations: int, smoothing: SmoothingPerf,
+                transfer: TransferPerf | None, provenance: dict) -> dict:
+    """The measurements of one `threatbench perf` run as a `threatbench.perf/1` document."""
+    ratios = {row.attack: row.ratio_to_floor for row in rows}
+    ratios.update(nattack=nattack.ratio_to_floor, smoothed_predict=smoothing.ratio_to_floor)
+    return {
+        "schema": PERF_SCHEMA,
+        "model": model,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "statistic": "median of interleaved repeats",
+        "kernel_options": [{"memory_format": t.tuning.memory_format, "cudnn_autotune": t.tuning.cudnn_autotune,
+                            "floor_seconds": t.floor_seconds, "speedup": t.speedup_over(tunings[0])}
+                           for t in tunings],
+        "attack_kernel_options": {"memory_format": tuning.memory_format, "cudnn_autotune": tuning.cudnn_autotune},
+        "floor_seconds": floor_seconds,
+        "attacks": [{"attack": r.attack, "gradient_steps": r.gradient_steps, "seconds_per_step": r.seconds_per_step,
+                     "ratio_to_floor": r.ratio_to_floor, "images_per_second": r.images_per_second} for r in rows],
+        "nattack": {"images": nattack.images, "iterations": nattack_iterations, "queries": nattack.queries,
+                    "seconds": nattack.seconds, "queries_per_second": nattack.queries_per_second,
+                    "floor_images_per_second": nattack.floor_images_per_second,
+                    "ratio_to_floor": nattack.ratio_to_floor},
+        "smoothed_predict": {"images": smoothing.images, "samples": smoothing.samples, "seconds": smoothing.seconds,
+                             "floor_seconds": smoothing.floor_seconds, "ratio_to_floor": smoothing.ratio_to_floor},
+        "transfer_cache": None if transfer is None else {
+            "crafting_seconds": transfer.crafting_seconds, "cached_seconds": transfer.cached_seconds,
+            "hits": transfer.hits, "misses": transfer.misses},
+        "goals": goal_verdicts(ratios, device),
+        "provenance": provenance,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import subprocess
@@ -98,9 +99,10 @@ def test_console_script_and_module_entry_point():
 
 
 @requires_fashion
-def test_perf_prints_ratios_to_the_floor(capsys):
+def test_perf_prints_ratios_to_the_floor_and_writes_them(tmp_path, capsys):
+    out_file = tmp_path / "perf.json"
     assert main(["perf", "--batch-size", "16", "--repeats", "1", "--nattack-images", "2",
-                 "--nattack-iterations", "2"]) == 0
+                 "--nattack-iterations", "2", "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "floor" in out and "x floor" in out
     for attack in ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]:
@@ -109,6 +111,24 @@ def test_perf_prints_ratios_to_the_floor(capsys):
     ratio = float(re.search(r"smoothed predict: 16 images x 16 draws: .* ([\d.]+) x floor", out).group(1))
     assert ratio > 0
     assert "transfer (pgd crafted on held-out B" in out and "1 chunk hit" in out
+    assert "not judged on this device" in out
+
+    report = json.loads(out_file.read_text())
+    assert report["schema"] == "threatbench.perf/1" and report["model"]["entry"] == "A"
+    assert [a["attack"] for a in report["attacks"]] == ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]
+    assert report["nattack"]["queries"] > 0 and report["transfer_cache"]["hits"] == 1
+    pgd = next(a for a in report["attacks"] if a["attack"] == "pgd")
+    goals = {g["measurement"]: g for g in report["goals"]["goals"]}
+    assert goals["pgd"]["ratio"] == round(pgd["ratio_to_floor"], 4)
+    assert goals["smoothed_predict"]["ratio"] == round(report["smoothed_predict"]["ratio_to_floor"], 4)
+    assert all(g["met"] == (g["ratio"] <= g["at_most"]) for g in goals.values())
+    assert report["goals"]["judged"] is False   # the goals are set for a GPU; the test runs on a CPU
+    assert report["provenance"]["device"] == "cpu" and report["provenance"]["total_seconds"] > 0
+
+
+def test_perf_refuses_a_missing_output_directory_before_measuring(tmp_path, capsys):
+    _one_line_error(capsys, main(["perf", "--out", str(tmp_path / "absent" / "perf.json")]),
+                    "does not exist", "mkdir -p")
 
 
 @requires_fashion
