@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.cache import cache_dir
 from benchmark.defense import Defense
 
+# The cache the regression replays (benchmark/test_regression.py) read, taken before any test
+# isolates its own: only the zoo rebuild test writes there, a file whose sha256 it has verified.
+REPLAY_CACHE = cache_dir()
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_REASON = "Fashion-MNIST data not installed (apt-get install dataset-fashion-mnist)"
 
