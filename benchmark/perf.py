@@ -247,11 +247,12 @@ def measure_kernel_tunings(defense, x: torch.Tensor, y: torch.Tensor, *, steps: 
 
 def goal_verdicts(ratios: dict[str, float], device: torch.device) -> dict:
     """Each goal with its measured ratio; `judged` is whether this device is one the goals are set for."""
+    rounded = {name: round(ratios[name], 4) for name, _ in GOALS}   # the verdict matches the number shown
     return {
         "device": GOAL_DEVICE,
         "judged": device.type == "cuda",
-        "goals": [{"measurement": name, "ratio": round(ratios[name], 4), "at_most": target,
-                   "met": ratios[name] <= target} for name, target in GOALS],
+        "goals": [{"measurement": name, "ratio": rounded[name], "at_most": target, "met": rounded[name] <= target}
+                  for name, target in GOALS],
     }
 
 
