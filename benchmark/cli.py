@@ -420,12 +420,12 @@ def command_transfer_matrix(args) -> int:
     return 0
 
 
-def _perf_model(device: torch.device):
+def _perf_model(num_classes: int, device: torch.device):
     """Model A of the committed zoo: trained weights, so that NAttack's queries are those of a real run."""
     from baselines.zoo import entry_defense, load_zoo
 
     entry = load_zoo("fashion-mnist").entry("A")
-    defense = entry_defense(entry, 10, device=device)
+    defense = entry_defense(entry, num_classes, device=device)
     return defense, {"dataset": "fashion-mnist", "entry": entry.name, "architecture": entry.architecture,
                      "sha256": entry.sha256}
 
@@ -454,7 +454,7 @@ def command_perf(args) -> int:
     spec = load_spec()
     dataset = spec.dataset("fashion-mnist")
     device = _pick_device(args.device)
-    defense, model = _perf_model(device)
+    defense, model = _perf_model(dataset.num_classes, device)
     eval_set = load_evaluation_set("fashion-mnist", args.batch_size, args.data_dir)
     x = torch.stack([eval_set[i][0] for i in range(args.batch_size)]).to(device)
     y = eval_set.labels[: args.batch_size].to(device)

@@ -167,8 +167,8 @@ def test_the_judge_never_imports_baselines():
 
 def _rebuild_before_replays(entry):
     """Under xdist, run the rebuild on the worker that replays the entry's records (benchmark/test_regression.py
-    groups them as <dataset>-<entry>): tests/ is collected first, so on a fresh cache the replays find the
-    rebuilt weights instead of skipping."""
+    groups them as <dataset>-<entry>); slow tests run first (tests/conftest.py orders them), so on a fresh
+    cache the replays find the rebuilt weights instead of skipping."""
     return pytest.param(entry, id=entry.name, marks=pytest.mark.xdist_group(f"{ZOO.dataset}-{entry.name}"))
 
 
@@ -188,8 +188,6 @@ def _publish_for_replays(rebuilt: Path, entry) -> None:
     """Put the verified weights where the entry's regression replays look for them (where `threatbench
     run` would have trained them), so that on a fresh machine those replays run instead of skipping."""
     destination = REPLAY_CACHE / "models" / "zoo" / ZOO.dataset / f"{entry.name}-{entry.sha256[:12]}.safetensors"
-    if destination.is_file() and file_sha256(destination) == entry.sha256:
-        return
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.tmp")
     shutil.copyfile(rebuilt, temporary)
