@@ -5,7 +5,11 @@ A defense takes float32 NCHW images in [0, 1] (normalization lives inside the mo
 - `forward(x) -> logits`: the differentiable path white-box attacks use (one random draw per call
   for a randomized defense);
 - `predict(x) -> labels`: the decision the defense actually makes; every accuracy is measured on it;
-- `scores(x) -> probabilities`: what a query-based attacker observes;
+- `scores(x) -> probabilities`: what the defense reports (a softmax, or a smoothed entry's votes);
+- `log_scores(x, draws) -> log-probabilities`: what a score-based attacker observes. Computed from
+  the logits with log-softmax, so it never saturates the way log(softmax) does in float32 (a model
+  whose logits are scaled by 1e4 would otherwise show the attacker a flat landscape). With
+  `draws` > 1 it is the log of the mean probability over that many random draws (docs/threat-model.md);
 - `randomized`: declared randomness. `probe_randomness` checks it independently.
 
 Models run in eval mode with frozen parameters, so attacks can only differentiate w.r.t. the input.
@@ -14,6 +18,7 @@ Models run in eval mode with frozen parameters, so attacks can only differentiat
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +73,19 @@ class Defense(nn.Module):
     @torch.no_grad()
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(require_finite(self.forward(x), self.name), dim=1)
+
+    @torch.no_grad()
+    def log_scores(self, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """log of the mean softmax over `draws` forward passes, computed stably from the logits."""
+        logs = [torch.log_softmax(require_finite(self.forward(x), self.name).double(), dim=1)
+                for _ in range(max(1, draws))]
+        return mean_log_probability(torch.stack(logs))
+
+
+def mean_log_probability(log_probabilities: torch.Tensor) -> torch.Tensor:
+    """log(mean_k p_k) from log p_k stacked on dim 0, without leaving log space (float64)."""
+    count = log_probabilities.shape[0]
+    return torch.logsumexp(log_probabilities, dim=0) - math.log(count)
 
 
 def require_finite(values: torch.Tensor, name: str) -> torch.Tensor:

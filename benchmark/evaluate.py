@@ -72,9 +72,15 @@ from benchmark.sources import load_held_out_sources, transfer_cache_dir
 from benchmark.spec import Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
-WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd")
-WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd")   # pgd with EOT is epgd
+WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")
+WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin")   # EOT: e...
 FAMILIES = ("white_box", "transfer", "adaptive")
+
+
+def white_box_attacks(dataset: DatasetSpec, randomized: bool) -> list[str]:
+    """The white-box family for this entry; the margin-loss PGD only where the spec defines it (v2)."""
+    names = WHITE_BOX_RANDOMIZED if randomized else WHITE_BOX_DETERMINISTIC
+    return [name for name in names if name in dataset.attacks]
 
 
 @dataclass
@@ -191,17 +197,34 @@ def transfer_measurement(source: TransferSource, attack: str, crafted: CraftedEx
     return Measurement(f"transfer/{source.name}/{attack}", "transfer", n, batch_size, adversary, params)
 
 
+def judge_criterion(defense: Defense, repeats: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The judge's own test of an image, for decisions inside an attack: still correct in at least
+    one of `repeats` predictions (the record then counts it per repeat)."""
+    def still_correct(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        correct = defense.predict(images) == labels
+        for _ in range(repeats - 1):
+            correct |= defense.predict(images) == labels
+        return correct
+
+    return still_correct
+
+
 def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, *, seed: int,
-                        batch_size: int) -> Measurement:
+                        batch_size: int, repeats: int = 1, randomized: bool = False) -> Measurement:
     iterations = budget.nattack_max_iterations or dataset.nattack.max_iterations
+    score_draws = dataset.nattack.score_draws if randomized else 1
 
     def adversary(batch, counter):
         result = nattack(defense, batch.x, batch.y, batch.indices, eps=dataset.eps,
-                         params=dataset.nattack, seed=seed, max_iterations=iterations)
+                         params=dataset.nattack, seed=seed, max_iterations=iterations,
+                         still_correct=judge_criterion(defense, repeats), criterion_queries=repeats,
+                         score_draws=score_draws)
         counter.add(int(result.queries.sum()), backward=False)
         return result.x_adv, result.queries
 
     params = {**dataclasses.asdict(dataset.nattack), "max_iterations": iterations}
+    if not randomized:
+        params.pop("score_draws")
     params["search_shape"] = list(params["search_shape"])
     return Measurement("nattack", "adaptive", budget.nattack_n, batch_size, adversary, params)
 
@@ -224,7 +247,8 @@ class _Evaluation:
         outcomes, finished, costs = self.state.progress(name, self.repeats, n)
         if self.state.done(name):
             return outcomes, costs
-        counter = PassCounter(costs.get("forward_passes", 0), costs.get("backward_passes", 0))
+        counter = PassCounter(costs.get("forward_passes", 0), costs.get("backward_passes", 0),
+                              costs.get("gradient_checked", 0), costs.get("gradient_missing", 0))
         seconds = costs.get("seconds", 0.0)
         last_save = time.monotonic()
         owned = self.shard.owned_mask(n, measurement.batch_size)
@@ -261,10 +285,14 @@ class _Evaluation:
             return outcomes, costs
         correct = sum_over_shards(outcomes.correct.astype(np.int64), self.shard, self.device) > 0
         queries = sum_over_shards(outcomes.queries, self.shard, self.device)
-        counts = np.array([costs["forward_passes"], costs["backward_passes"], round(costs["seconds"] * 1e6)])
-        forward, backward, microseconds = sum_over_shards(counts, self.shard, self.device)
-        return Outcomes(correct, queries), {"seconds": round(microseconds / 1e6, 3),
-                                            "forward_passes": int(forward), "backward_passes": int(backward)}
+        counts = np.array([costs["forward_passes"], costs["backward_passes"], round(costs["seconds"] * 1e6),
+                           costs.get("gradient_checked", 0), costs.get("gradient_missing", 0)])
+        forward, backward, microseconds, checked, missing = sum_over_shards(counts, self.shard, self.device)
+        gathered = {"seconds": round(microseconds / 1e6, 3), "forward_passes": int(forward),
+                    "backward_passes": int(backward)}
+        if checked:
+            gathered.update(gradient_checked=int(checked), gradient_missing=int(missing))
+        return Outcomes(correct, queries), gathered
 
     def _measure_batch(self, measurement: Measurement, batch: AttackBatch, counter: PassCounter):
         seed_model_noise(self.seed, measurement.name, int(batch.indices[0]))
@@ -279,8 +307,11 @@ class _Evaluation:
 
 
 def _costs(counter: PassCounter, seconds: float) -> dict[str, Any]:
-    return {"seconds": round(seconds, 3), "forward_passes": counter.forward,
-            "backward_passes": counter.backward}
+    costs = {"seconds": round(seconds, 3), "forward_passes": counter.forward,
+             "backward_passes": counter.backward}
+    if counter.gradient_checked:
+        costs.update(gradient_checked=counter.gradient_checked, gradient_missing=counter.gradient_missing)
+    return costs
 
 
 # ---------------------------------------------------------------- numbers
@@ -353,7 +384,13 @@ def check_defense_output(defense: Defense, x: torch.Tensor, num_classes: int) ->
         raise DefenseOutputError(
             f"{defense.name}: scores must be probabilities (non-negative, each row summing to 1), but "
             f"row sums range from {float(totals.min()):.4g} to {float(totals.max()):.4g}; return a "
-            "softmax or a vote distribution, which is what a query-based attacker observes"
+            "softmax or a vote distribution, which is what the defense reports"
+        )
+    log_scores = defense.log_scores(x)
+    if log_scores.shape != (x.shape[0], num_classes) or not torch.isfinite(log_scores).all():
+        raise DefenseOutputError(
+            f"{defense.name}: log_scores returned shape {tuple(log_scores.shape)} or non-finite values; "
+            f"expected finite ({x.shape[0]}, {num_classes}) log-probabilities (log-softmax of the logits)"
         )
 
 
@@ -421,7 +458,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     family_status: dict[str, dict[str, Any]] = {}
     measurements = [Measurement("clean", "clean", budget_spec.n, batch_size, _clean)]
     if "white_box" in families:
-        names = WHITE_BOX_RANDOMIZED if randomized else WHITE_BOX_DETERMINISTIC
+        names = white_box_attacks(dataset_spec, randomized)
         measurements += [white_box_measurement(a, dataset_spec, defense, eps=dataset_spec.eps, seed=seed,
                                                draws=draws, n=budget_spec.n, batch_size=batch_size)
                          for a in names]
@@ -438,7 +475,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         if requested_batch_size:   # an explicit batch size caps every batch, populations included
             nattack_batch = min(nattack_batch, requested_batch_size)
         measurements.append(nattack_measurement(dataset_spec, budget_spec, defense, seed=seed,
-                                                batch_size=nattack_batch))
+                                                batch_size=nattack_batch, repeats=repeats,
+                                                randomized=randomized))
         family_status["adaptive"] = {"status": "run"}
     if "white_box" in families:
         unbounded = spec.diagnostics
@@ -525,8 +563,12 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
     for m in measurements:
         if m.family == "clean":
             continue
+        measured_costs = dict(costs[m.name])
+        checked, missing = measured_costs.pop("gradient_checked", 0), measured_costs.pop("gradient_missing", 0)
         summary = {"family": m.family, "params": m.params,
-                   **summarize(outcomes[m.name].correct, confidence), **costs[m.name]}
+                   **summarize(outcomes[m.name].correct, confidence), **measured_costs}
+        if checked:   # the margin-loss PGD watches for examples without any input gradient
+            summary["gradient"] = {"missing": int(missing), "n": int(checked)}
         if outcomes[m.name].queries is not None:
             summary["queries"] = _queries_summary(outcomes[m.name].queries)
         if m.family == "diagnostic":

@@ -99,6 +99,27 @@ class SmoothedDefense(Defense):
         """Vote distribution, shape (B, num_classes), each row summing to 1."""
         return self._vote_fractions(x).to(x.dtype if x.is_floating_point() else torch.float32)
 
+    @torch.no_grad()
+    def log_scores(self, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """What a score-based attacker observes: log of the mean softmax over the m draws.
+
+        Vote fractions are piecewise constant (all m draws agree on most inputs near x), so an
+        attacker shown them sees no reward spread and never moves (docs/threat-model.md). `draws` is
+        ignored: a smoothed entry always takes its own m draws.
+        """
+        if x.shape[0] == 0:
+            return torch.zeros((0, self.num_classes), dtype=torch.float64, device=x.device)
+        return torch.cat([self._block_log_mean(block) for block in x.split(self.max_batch)])
+
+    def _block_log_mean(self, block: torch.Tensor) -> torch.Tensor:
+        per_pass = self._draws_per_pass(block.shape[0])
+        parts = []
+        for start in range(0, self.config.samples, per_pass):
+            draws = min(per_pass, self.config.samples - start)
+            logits = self._draw_logits(block, draws).double()        # (draws, b, C)
+            parts.append(torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0))
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(self.config.samples)
+
     def _vote_fractions(self, x: torch.Tensor) -> torch.Tensor:
         """Float64 votes normalized per row (argmax is taken before any rounding to float32)."""
         if x.shape[0] == 0:

@@ -20,10 +20,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SPEC_DIR = Path(__file__).parent / "spec"
-DEFAULT_SPEC_PATH = SPEC_DIR / "v1.toml"
+DEFAULT_SPEC_PATH = SPEC_DIR / "v2.toml"
 SPEC_SCHEMA = "threatbench.spec/1"
 
 WHITE_BOX_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd")
+MARGIN_ATTACKS = ("pgd_margin", "epgd_margin")   # spec v2 on; optional so that v1 stays readable
+NATTACK_PARAMETERIZATIONS = ("pixel", "tanh")
 LABEL_MODES = ("true", "least_likely")
 INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -55,6 +57,10 @@ class NAttackParams:
     max_iterations: int
     check_every: int
     search_shape: tuple[int, ...]
+    # "pixel": x' = clip(x + eps tanh(z)), every pixel can reach +-eps (spec v2); "tanh": the paper's
+    # search around arctanh(2x - 1), which cannot move saturated pixels (docs/threat-model.md).
+    parameterization: str = "tanh"
+    score_draws: int = 1    # draws a randomized (not smoothed) defense averages per query
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,8 @@ _ATTACK_KEYS = {
     "ifgsm": {"steps"},
     "pgd": {"steps", "step_size", "random_start"},
     "epgd": {"steps", "step_size", "random_start", "draws"},
+    "pgd_margin": {"steps", "step_size", "random_start"},
+    "epgd_margin": {"steps", "step_size", "random_start", "draws"},
 }
 
 
@@ -239,8 +247,11 @@ def _parse_attack(name: str, table: dict[str, Any], where: str, eps: float) -> A
 
 def _parse_nattack(table: dict[str, Any], where: str) -> NAttackParams:
     keys = {"population", "sigma", "learning_rate", "max_iterations", "check_every", "search_shape"}
-    _check_keys(table, where, keys)
+    _check_keys(table, where, keys, {"parameterization", "score_draws"})
     return NAttackParams(
+        parameterization=_str(table.get("parameterization", "tanh"), f"{where}.parameterization",
+                              NATTACK_PARAMETERIZATIONS),
+        score_draws=_int(table.get("score_draws", 1), f"{where}.score_draws", minimum=1),
         population=_int(table["population"], f"{where}.population", minimum=2),
         sigma=_float(table["sigma"], f"{where}.sigma", low=0.0, high=10.0),
         learning_rate=_float(table["learning_rate"], f"{where}.learning_rate", low=0.0, high=10.0),
@@ -322,9 +333,10 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
     _check_keys(table, where, required, {"preprocessing", "held_out_sources"})
     eps = _float(table["eps"], f"{where}.eps", low=0.0, high=1.0)
     attacks_table = table["attacks"]
-    _check_keys(attacks_table, f"{where}.attacks", set(WHITE_BOX_ATTACKS))
+    _check_keys(attacks_table, f"{where}.attacks", set(WHITE_BOX_ATTACKS), set(MARGIN_ATTACKS))
     attacks = {
-        a: _parse_attack(a, attacks_table[a], f"{where}.attacks.{a}", eps) for a in WHITE_BOX_ATTACKS
+        a: _parse_attack(a, attacks_table[a], f"{where}.attacks.{a}", eps)
+        for a in (*WHITE_BOX_ATTACKS, *MARGIN_ATTACKS) if a in attacks_table
     }
     budgets_table = table["budgets"]
     _check_keys(budgets_table, f"{where}.budgets", {"full", "quick"})
@@ -390,7 +402,7 @@ def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
 
 
 def load_spec(path: str | Path | None = None) -> Spec:
-    """Load and validate a spec file (default: the packaged v1)."""
+    """Load and validate a spec file (default: the current one, `DEFAULT_SPEC_PATH`)."""
     path = Path(path) if path is not None else DEFAULT_SPEC_PATH
     try:
         raw = path.read_bytes()

@@ -19,7 +19,7 @@ from benchmark.stats import wilson_interval
 from tests.conftest import NoisyModel, requires_fashion
 
 pytestmark = requires_fashion
-WHITE_BOX = ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]
+WHITE_BOX = ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin"]
 
 
 def _evaluate(defense, tmp_path, name="r.json", **kwargs):
@@ -131,8 +131,8 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained_mlp, quick_r
     counting = _InterruptingAttacks()
     monkeypatch.setattr(evaluate_module, "run_white_box", counting)
     resumed = _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
-    assert counting.calls == {"pgd": 4}, "finished attacks and pgd's two finished batches are reused " \
-        "(3 batches of pgd remain, then the single batch of the eps = 1 diagnostic)"
+    assert counting.calls == {"pgd": 4, "pgd_margin": 5}, "finished attacks and pgd's two finished batches " \
+        "are reused (3 batches of pgd remain, then pgd_margin's 5, then the one batch of the eps = 1 diagnostic)"
     for name, outcomes in quick_result[0].outcomes.items():
         assert np.array_equal(outcomes.correct, resumed.outcomes[name].correct), name
     assert not (tmp_path / ".r.state.json").exists()
@@ -178,7 +178,7 @@ def test_undeclared_randomness_is_detected_and_attacked_with_eot(trained_mlp, tm
     record = result.record
     assert record["randomness"] == {"declared": False, "detected": True, "attacked_as_randomized": True,
                                     "prediction_repeats": 5}
-    assert list(record["attacks"]) == ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd"]
+    assert list(record["attacks"]) == ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin"]
     assert record["attacks"]["epgd"]["backward_passes"] == 500 * 40 * 8
     assert record["attacks"]["fgsm"]["backward_passes"] == 500 * 8, "EOT on every gradient"
     assert record["clean"]["repeats"] == 5 and record["clean"]["forward_passes"] == 5 * 500

@@ -1,4 +1,5 @@
-"""The v1 threat-model spec: the packaged values (DESIGN.md §4), strict validation, `threatbench spec`."""
+"""The threat-model spec: the packaged values (docs/threat-model.md), strict validation, v1 kept
+readable beside the current v2, `threatbench spec`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import hashlib
 import pytest
 
 from benchmark.cli import main
-from benchmark.spec import DEFAULT_SPEC_PATH, WHITE_BOX_ATTACKS, SpecError, load_spec
+from benchmark.spec import (
+    DEFAULT_SPEC_PATH,
+    MARGIN_ATTACKS,
+    SPEC_DIR,
+    WHITE_BOX_ATTACKS,
+    SpecError,
+    load_spec,
+)
 
-V1_TEXT = DEFAULT_SPEC_PATH.read_text(encoding="utf-8")
+SPEC_TEXT = DEFAULT_SPEC_PATH.read_text(encoding="utf-8")
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
 EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255,
@@ -32,7 +40,7 @@ def _source_architectures(dataset) -> tuple[str, ...]:
 
 def test_packaged_spec_loads_with_its_header(spec):
     assert spec.schema == "threatbench.spec/1"
-    assert spec.version == "1.0.0"
+    assert spec.version == "2.0.0"
     assert spec.norm == "linf"
     assert spec.seed == 0
     assert spec.confidence == 0.95
@@ -49,7 +57,24 @@ def test_eps_and_shape(spec, name):
                       "cifar100": (3, 32, 32), "imagenet": (3, 299, 299)}[name]
     assert d.input_shape == expected_shape
     assert d.num_classes == {"cifar100": 100, "imagenet": 1000}.get(name, 10)
-    assert tuple(d.attacks) == WHITE_BOX_ATTACKS
+    assert tuple(d.attacks) == (*WHITE_BOX_ATTACKS, *MARGIN_ATTACKS)
+    assert d.nattack.parameterization == "pixel"
+
+
+def test_v1_stays_readable_with_the_papers_nattack():
+    v1 = load_spec(SPEC_DIR / "v1.toml")
+    assert v1.version == "1.0.0"
+    for dataset in v1.datasets.values():
+        assert tuple(dataset.attacks) == WHITE_BOX_ATTACKS
+        assert dataset.nattack.parameterization == "tanh"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_margin_pgd_follows_pgd_schedule(spec, name):
+    attacks = spec.dataset(name).attacks
+    for margin, plain in (("pgd_margin", "pgd"), ("epgd_margin", "epgd")):
+        assert (attacks[margin].steps, attacks[margin].step_size) == (attacks[plain].steps, attacks[plain].step_size)
+        assert attacks[margin].draws == attacks[plain].draws
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -137,8 +162,8 @@ def test_sha256_is_that_of_the_file_bytes_and_follows_one_byte(spec, tmp_path):
 # ---------------------------------------------------------------- validation
 
 
-def _write_variant(tmp_path, old: str, new: str, *, text: str = V1_TEXT):
-    assert text.count(old) == 1, f"test setup: {old!r} must occur exactly once in v1.toml"
+def _write_variant(tmp_path, old: str, new: str, *, text: str = SPEC_TEXT):
+    assert text.count(old) == 1, f"test setup: {old!r} must occur exactly once in the spec"
     path = tmp_path / "variant.toml"
     path.write_text(text.replace(old, new), encoding="utf-8")
     return path
@@ -232,7 +257,7 @@ def test_invalid_toml(tmp_path):
 
 def test_not_utf8(tmp_path):
     path = tmp_path / "latin1.toml"
-    path.write_bytes(V1_TEXT.replace("Tramer", "Tram\u00e8r").encode("latin-1"))
+    path.write_bytes(SPEC_TEXT.replace("Tramer", "Tram\u00e8r").encode("latin-1"))
     assert "not valid TOML" in _spec_error(path)
 
 
@@ -267,7 +292,7 @@ def test_cli_spec_prints_every_dataset(capsys, spec):
     out = captured.out
     assert captured.err == ""
     assert spec.sha256 in out
-    assert "spec v1.0.0" in out
+    assert "spec v2.0.0" in out
     for name in DATASETS:
         assert f"## {name}: eps " in out
     assert "## mnist: eps 0.3, 10 classes" in out

@@ -1,9 +1,14 @@
-"""White-box L-infinity attacks: fgsm, step_ll, rand_fgsm, ifgsm, pgd and epgd.
+"""White-box L-infinity attacks: fgsm, step_ll, rand_fgsm, ifgsm, pgd, epgd and the margin-loss PGD.
 
-Formulas: shared/reference/algorithms.md §1.1-1.6. Gradients are taken w.r.t. the input only
-(`torch.autograd.grad`; the defense's parameters are frozen), batched, and, for a randomized
+The threat model and each attack's paper: docs/threat-model.md. Gradients are taken w.r.t. the input
+only (`torch.autograd.grad`; the defense's parameters are frozen), batched, and, for a randomized
 defense, averaged over `draws` independent forward passes (expectation over transformation).
 Every function returns images inside the eps ball and [0, 1]; `check_perturbation` verifies it.
+
+A defense whose output has no differentiable path to the input (a cut graph, a piecewise-constant
+preprocessing) is attacked with a zero gradient instead of crashing the judge: the attack then
+leaves the image where it started, the margin-loss attacks record how many examples never had a
+gradient (the `no_gradient` flag), and the transfer and adaptive families decide the worst case.
 """
 
 from __future__ import annotations
@@ -29,36 +34,70 @@ class PassCounter:
 
     forward: int = 0
     backward: int = 0
+    gradient_checked: int = 0    # examples whose input gradient was watched (margin-loss attacks)
+    gradient_missing: int = 0    # ... of which the gradient was exactly zero at every step
 
     def add(self, images: int, *, backward: bool) -> None:
         self.forward += images
         if backward:
             self.backward += images
 
+    def add_gradient_check(self, had_gradient: torch.Tensor) -> None:
+        self.gradient_checked += int(had_gradient.numel())
+        self.gradient_missing += int((~had_gradient).sum())
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Carlini & Wagner's f6 on logits, max_{c != y} z_c - z_y, summed over the batch (unclipped).
+
+    Unlike cross-entropy its gradient does not vanish when the logits are scaled up (softmax
+    saturation), and PGD follows only its sign, so any scaling of the logits leaves the attack as is.
+    """
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return (others - true).sum()
+
 
 def input_gradient(defense, x: torch.Tensor, labels: torch.Tensor, *, draws: int = 1,
-                   counter: PassCounter | None = None) -> torch.Tensor:
-    """d/dx of the cross-entropy summed over the batch, averaged over `draws` forward passes.
+                   counter: PassCounter | None = None, loss: Loss = cross_entropy_loss) -> torch.Tensor:
+    """d/dx of `loss` summed over the batch, averaged over `draws` forward passes.
 
-    The loss per draw is averaged after the cross-entropy (the EPGD order of Nemcovsky et al.).
+    The loss per draw is averaged after the loss (the EPGD order of Nemcovsky et al.). An output
+    without a differentiable path to x gives a zero gradient (see the module docstring).
     """
-    gradient = None
+    gradient = torch.zeros_like(x)
     for _ in range(draws):
         x_var = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(defense(x_var), labels, reduction="sum")
-        (draw_gradient,) = torch.autograd.grad(loss, x_var)
-        gradient = draw_gradient if gradient is None else gradient + draw_gradient
+        value = loss(defense(x_var), labels)
+        if value.requires_grad:
+            (draw_gradient,) = torch.autograd.grad(value, x_var, allow_unused=True)
+            if draw_gradient is not None:
+                gradient = gradient + draw_gradient
         if counter is not None:
             counter.add(x.shape[0], backward=True)
     return gradient / draws if draws > 1 else gradient
 
 
+def has_gradient(gradient: torch.Tensor) -> torch.Tensor:
+    """bool [N]: the example's input gradient is not exactly zero everywhere."""
+    return gradient.flatten(1).abs().amax(dim=1) > 0
+
+
 @torch.no_grad()
-def least_likely_labels(defense, x: torch.Tensor, counter: PassCounter | None = None) -> torch.Tensor:
-    """The least-likely class of each clean input, by the defense's own scores."""
+def least_likely_labels(defense, x: torch.Tensor, counter: PassCounter | None = None,
+                        draws: int = 1) -> torch.Tensor:
+    """The least-likely class of each clean input: the argmin of the defense's mean probabilities
+    (`log_scores`; a smoothed entry's mean softmax over its draws, never its tied vote fractions)."""
     if counter is not None:
-        counter.add(x.shape[0], backward=False)
-    return defense.scores(x).argmin(dim=1)
+        counter.add(x.shape[0] * draws, backward=False)
+    return defense.log_scores(x, draws=draws).argmin(dim=1)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,7 +141,7 @@ def step_ll(defense, x, *, eps: float, target: torch.Tensor | None = None, draws
     """One step of eps towards the least-likely class: x - eps * sign(grad J(x, y_ll))."""
     eps = check_eps(eps)
     if target is None:
-        target = least_likely_labels(defense, x, counter)
+        target = least_likely_labels(defense, x, counter, draws=draws)
     gradient = input_gradient(defense, x, target, draws=draws, counter=counter)
     return torch.clamp(x - eps * gradient.sign(), 0.0, 1.0).detach()
 
@@ -129,11 +168,16 @@ def rand_fgsm(defense, x, y, *, eps: float, alpha: float, sign_noise: torch.Tens
 # ---------------------------------------------------------------- iterative attacks
 
 
-def _iterate(defense, x, y, x_start, *, eps, steps, step_size, draws, counter):
+def _iterate(defense, x, y, x_start, *, eps, steps, step_size, draws, counter, loss=cross_entropy_loss,
+             watch_gradient=False):
     x_adv = x_start
+    had_gradient = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):
-        gradient = input_gradient(defense, x_adv, y, draws=draws, counter=counter)
+        gradient = input_gradient(defense, x_adv, y, draws=draws, counter=counter, loss=loss)
+        had_gradient |= has_gradient(gradient)
         x_adv = project(x_adv + step_size * gradient.sign(), x, eps)
+    if watch_gradient and counter is not None:
+        counter.add_gradient_check(had_gradient)
     return x_adv.detach()
 
 
@@ -146,11 +190,13 @@ def ifgsm(defense, x, y, *, eps: float, steps: int, draws: int = 1, counter: Pas
 
 def pgd(defense, x, y, *, eps: float, steps: int, step_size: float, random_start: bool = True,
         start_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-        draws: int = 1, counter: PassCounter | None = None):
+        draws: int = 1, counter: PassCounter | None = None, loss: Loss = cross_entropy_loss,
+        watch_gradient: bool = False):
     """Madry et al.: uniform random start in the ball, then `steps` projected sign-gradient steps.
 
     With `draws` > 1 this is EPGD (Nemcovsky et al. §4.2): each step's gradient is the mean over
-    `draws` stochastic forward passes.
+    `draws` stochastic forward passes. `loss` is cross-entropy, or `margin_loss` for the
+    margin-loss PGD; `watch_gradient` counts the examples that never had an input gradient.
     """
     eps = check_eps(eps)
     x_start = x
@@ -159,7 +205,7 @@ def pgd(defense, x, y, *, eps: float, steps: int, step_size: float, random_start
             start_noise = (2 * torch.rand(x.shape, generator=generator) - 1).to(x.device) * eps
         x_start = torch.clamp(x + start_noise, 0.0, 1.0)
     return _iterate(defense, x, y, x_start, eps=eps, steps=steps, step_size=step_size, draws=draws,
-                    counter=counter)
+                    counter=counter, loss=loss, watch_gradient=watch_gradient)
 
 
 # ---------------------------------------------------------------- the white-box family registry
@@ -193,7 +239,7 @@ def _run_step_ll(defense, batch, params, eps, seed, counter):
 def _run_rand_fgsm(defense, batch, params, eps, seed, counter):
     noise = per_example_sign(_noise_shape(batch), batch.indices, seed, "rand_fgsm").to(batch.x.device)
     least_likely = params.label == "least_likely"
-    labels = least_likely_labels(defense, batch.x, counter) if least_likely else batch.y
+    labels = least_likely_labels(defense, batch.x, counter, _draws(params)) if least_likely else batch.y
     return rand_fgsm(defense, batch.x, labels, eps=eps, alpha=params.alpha, sign_noise=noise,
                      least_likely=least_likely, draws=_draws(params), counter=counter)
 
@@ -203,7 +249,9 @@ def _run_ifgsm(defense, batch, params, eps, seed, counter):
                  counter=counter)
 
 
-def _pgd_runner(stream: str) -> Callable:
+def _pgd_runner(stream: str, loss: Loss = cross_entropy_loss) -> Callable:
+    watch = loss is margin_loss
+
     def run(defense, batch, params, eps, seed, counter):
         noise = None
         if params.random_start:
@@ -211,7 +259,7 @@ def _pgd_runner(stream: str) -> Callable:
             noise = noise.to(batch.x.device)
         return pgd(defense, batch.x, batch.y, eps=eps, steps=params.steps, step_size=params.step_size,
                    random_start=params.random_start, start_noise=noise, draws=_draws(params),
-                   counter=counter)
+                   counter=counter, loss=loss, watch_gradient=watch)
 
     return run
 
@@ -223,6 +271,8 @@ WHITE_BOX: dict[str, Callable] = {
     "ifgsm": _run_ifgsm,
     "pgd": _pgd_runner("pgd"),
     "epgd": _pgd_runner("epgd"),
+    "pgd_margin": _pgd_runner("pgd_margin", margin_loss),
+    "epgd_margin": _pgd_runner("epgd_margin", margin_loss),
 }
 
 

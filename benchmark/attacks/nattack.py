@@ -1,22 +1,33 @@
 """NAttack (Li et al., ICML 2019): a query-based L-infinity attack that learns a Gaussian search
-distribution over adversarial perturbations with natural evolution strategies.
+distribution over adversarial perturbations with natural evolution strategies (NES).
 
-Faithful to the paper as summarised in shared/reference/algorithms.md §1.8:
-- search in tanh space: x(z) = (tanh(arctanh(2x - 1) + up(z)) + 1) / 2, projected onto the eps ball;
-- z ~ N(mu, sigma^2 I), mu initialised to 0.001 * N(0, I), population b, learning rate eta;
-- loss f = max(0, log p_y - log max_{c != y} p_c), clipped at 1000, with the runner-up taken per
-  population member (the reference code takes population member 0's for all: a bug we do not copy);
-- rewards R = -f/2, z-scored; mu <- mu + eta / (b sigma) * sum_i A_i eps_i;
-- success is checked on the projected mean every `check_every` iterations (starting at 0);
-- images the defense already misclassifies are skipped (one query: the clean check).
+Kept from the paper: z ~ N(mu, sigma^2 I) with mu initialised to 0.001 * N(0, I), population b,
+learning rate eta, rewards R = -f/2 z-scored per image, mu <- mu + eta / (b sigma) * sum_i A_i eps_i,
+the success check on the mean every `check_every` iterations, and the bilinear upsampling of the
+search space for large inputs. What spec v2 changes, and why (docs/threat-model.md, "NAttack"):
 
-The defense is queried only through `scores`. Many images' populations go through the model as one
-batch. Every query is counted per example. Random draws come from per-example generators, so
-results do not depend on which images share a batch.
+- parameterization "pixel": x' = clip(x + eps tanh(up(z)), 0, 1). In the paper's tanh space,
+  x' = (tanh(arctanh(2x - 1) + up(z)) + 1) / 2, a pixel at 0 or 1 sits where tanh is flat and cannot
+  move (half of a Fashion-MNIST image is exactly 0). "tanh" keeps the paper's variant for comparison.
+- the margin f = max(0, log p_y - max_{c != y} log p_c) is computed from `defense.log_scores`
+  (log-softmax of the logits), so scaling the logits cannot flatten it; the runner-up is taken per
+  population member. Under "pixel" f is not clipped at 1000: rewards are z-scored, so the scale is
+  irrelevant, and a clip would freeze the search of a model whose logits are scaled up.
+- every decision the judge later re-scores (skip an image that is already wrong, stop on success)
+  uses the judge's own criterion, `still_correct` (for a randomized entry: correct in at least one
+  of the judge's prediction repeats), never one noisy score;
+- a population member that the criterion finds misclassified is a success (its image is the
+  adversarial example), and the mean is checked once more after the last update.
+
+The defense is queried only through `log_scores` and the criterion (no gradients). Many images'
+populations go through the model as one batch. Every image sent to the defense counts as one query
+of its example. The search's own random draws come from per-example generators, so a deterministic
+defense gives results that do not depend on which images share a batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +37,13 @@ from benchmark.attacks.gradient import check_perturbation
 from benchmark.randomness import example_generator
 from benchmark.spec import NAttackParams
 
-LOSS_CLIP = 1000.0
+TANH_LOSS_CLIP = 1000.0          # the paper's clip, kept only for the tanh variant
 ARCTANH_SHRINK = 1 - 1e-6
 REWARD_STD_EPSILON = 1e-7
-LOG_FLOOR = 1e-30
+PIXEL_SHARPNESS = 2.0            # see pixel_candidate_images
+
+# (images [K, C, H, W], labels [K]) -> bool [K]: still correctly classified by the judge's criterion.
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,7 @@ class NAttackResult:
     correct: torch.Tensor       # bool [N]
     queries: torch.Tensor       # int64 [N]
     iterations: torch.Tensor    # int64 [N], population iterations run
-    x_adv: torch.Tensor         # [N, C, H, W]; the successful image, or x where the attack failed
+    x_adv: torch.Tensor         # [N, C, H, W]; the successful image, or the final mean's image
 
 
 def to_tanh_space(x: torch.Tensor) -> torch.Tensor:
@@ -53,29 +67,43 @@ def upsample(z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(z, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
 
 
+def _upsampled(z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    k, p = z.shape[:2]
+    return upsample(z.reshape(k * p, *z.shape[2:]), shape).reshape(k, p, *shape)
+
+
 def candidate_images(w: torch.Tensor, x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project (tanh(w + up(z)) + 1) / 2 onto the eps ball around x and [0, 1].
+    """The paper's tanh space: (tanh(w + up(z)) + 1) / 2 projected onto the eps ball and [0, 1].
 
     w, x: [K, C, H, W]; z: [K, P, *search] -> images [K, P, C, H, W].
     """
-    k, p = z.shape[:2]
-    delta = upsample(z.reshape(k * p, *z.shape[2:]), x.shape[1:]).reshape(k, p, *x.shape[1:])
-    image = (torch.tanh(w[:, None] + delta) + 1) / 2
+    image = (torch.tanh(w[:, None] + _upsampled(z, x.shape[1:])) + 1) / 2
     original = x[:, None]
     return torch.clamp(original + torch.clamp(image - original, -eps, eps), 0.0, 1.0)
 
 
-def margin_loss(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max(0, log p_y - log max_{c != y} p_c), per row; the runner-up is taken per row."""
-    log_p = torch.log(probabilities.clamp_min(LOG_FLOOR))
-    true = log_p.gather(1, labels[:, None]).squeeze(1)
-    others = log_p.scatter(1, labels[:, None], float("-inf"))
-    return torch.clamp(true - others.max(dim=1).values, 0.0, LOSS_CLIP)
+def pixel_candidate_images(x: torch.Tensor, z: torch.Tensor, eps: float, sigma: float) -> torch.Tensor:
+    """Pixel space: clip(x + eps tanh(PIXEL_SHARPNESS up(z) / sigma), 0, 1).
+
+    Every pixel can reach x +- eps. The sharpness makes a one-sigma draw move a pixel by
+    tanh(2) = 0.96 eps whatever eps is, so the population explores near the vertices of the eps
+    ball, where L-infinity adversarial examples lie (docs/threat-model.md has the measured choice).
+    """
+    return torch.clamp(x[:, None] + eps * torch.tanh(PIXEL_SHARPNESS / sigma * _upsampled(z, x.shape[1:])),
+                       0.0, 1.0)
 
 
-def _query(defense, images: torch.Tensor) -> torch.Tensor:
-    flat = images.reshape(-1, *images.shape[2:])
-    return defense.scores(flat).reshape(*images.shape[:2], -1)
+def margin_loss(log_probabilities: torch.Tensor, labels: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """max(0, log p_y - log max_{c != y} p_c) per row from log-probabilities; runner-up per row."""
+    true = log_probabilities.gather(1, labels[:, None]).squeeze(1)
+    others = log_probabilities.scatter(1, labels[:, None], float("-inf"))
+    margin = torch.clamp_min(true - others.max(dim=1).values, 0.0)
+    return margin if clip is None else torch.clamp_max(margin, clip)
+
+
+def predicted_correctly(defense) -> Criterion:
+    """The criterion of a deterministic defense: one `predict`."""
+    return lambda images, labels: defense.predict(images) == labels
 
 
 def _noise(generators: list[torch.Generator], population: int, search_shape, device) -> torch.Tensor:
@@ -86,9 +114,13 @@ def _noise(generators: list[torch.Generator], population: int, search_shape, dev
 class _Search:
     """The state of a batch of per-image searches."""
 
-    def __init__(self, x, y, indices, params: NAttackParams, eps: float, seed: int):
-        self.x, self.y, self.eps, self.params = x, y, eps, params
-        self.w = to_tanh_space(x)
+    def __init__(self, defense, x, y, indices, params: NAttackParams, eps: float, seed: int,
+                 still_correct: Criterion, criterion_queries: int, score_draws: int):
+        self.defense, self.x, self.y, self.eps, self.params = defense, x, y, eps, params
+        self.still_correct, self.criterion_queries = still_correct, criterion_queries
+        self.score_draws = score_draws
+        self.pixel = params.parameterization == "pixel"
+        self.w = None if self.pixel else to_tanh_space(x)
         self.generators = [example_generator(seed, "nattack", int(i)) for i in indices]
         initial = [0.001 * torch.randn(params.search_shape, generator=g) for g in self.generators]
         self.mu = torch.stack(initial).to(x.device)
@@ -99,56 +131,98 @@ class _Search:
         self.iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         self.x_adv = x.clone()
 
-    def check_means(self, defense) -> None:
-        """Query the projected mean of every active search; stop the ones that fool the defense."""
+    def candidates(self, rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.pixel:
+            return pixel_candidate_images(self.x[rows], z, self.eps, self.params.sigma)
+        return candidate_images(self.w[rows], self.x[rows], z, self.eps)
+
+    def judge(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The criterion on one image per row; counts its queries; bool [len(rows)] still correct."""
+        self.queries[rows] += self.criterion_queries
+        return self.still_correct(images, self.y[rows])
+
+    def succeed(self, rows: torch.Tensor, images: torch.Tensor) -> None:
+        self.x_adv[rows] = images
+        self.correct[rows] = False
+        self.active[rows] = False
+
+    def skip_already_wrong(self) -> None:
+        rows = torch.arange(self.x.shape[0], device=self.x.device)
+        wrong = ~self.judge(rows, self.x)
+        self.correct[wrong] = False
+        self.active[wrong] = False
+
+    def check_means(self) -> None:
+        """Judge the mean of every active search; stop the ones that fool the defense."""
         rows = self.active.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        images = candidate_images(self.w[rows], self.x[rows], self.mu[rows][:, None], self.eps)
-        predictions = _query(defense, images).squeeze(1).argmax(dim=1)
-        self.queries[rows] += 1
-        fooled = predictions != self.y[rows]
-        done = rows[fooled]
-        self.x_adv[done] = images[fooled].squeeze(1)
-        self.correct[done] = False
-        self.active[done] = False
+        images = self.candidates(rows, self.mu[rows][:, None]).squeeze(1)
+        fooled = ~self.judge(rows, images)
+        self.succeed(rows[fooled], images[fooled])
+        still = rows[~fooled]
+        self.x_adv[still] = images[~fooled]   # the best guess so far, re-scored by the judge
 
-    def step(self, defense) -> None:
-        """One NES update of every active search's mean."""
+    def step(self) -> None:
+        """Query one population per active search; keep misclassified members; one NES update."""
         rows = self.active.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
         p = self.params
         generators = [self.generators[int(r)] for r in rows]
         noise = _noise(generators, p.population, p.search_shape, self.x.device)
-        z = self.mu[rows][:, None] + p.sigma * noise
-        probabilities = _query(defense, candidate_images(self.w[rows], self.x[rows], z, self.eps))
-        labels = self.y[rows].repeat_interleave(p.population)
-        loss = margin_loss(probabilities.reshape(-1, probabilities.shape[-1]), labels)
-        rewards = -0.5 * loss.reshape(rows.numel(), p.population)
-        advantages = (rewards - rewards.mean(1, keepdim=True)) / (
-            rewards.std(1, unbiased=False, keepdim=True) + REWARD_STD_EPSILON)
-        update = torch.einsum("kp,kp...->k...", advantages, noise)
-        self.mu[rows] += p.learning_rate / (p.population * p.sigma) * update
+        images = self.candidates(rows, self.mu[rows][:, None] + p.sigma * noise)
+        flat = images.reshape(-1, *images.shape[2:])
+        log_p = self.defense.log_scores(flat, draws=self.score_draws)
         self.queries[rows] += p.population
+        labels = self.y[rows].repeat_interleave(p.population)
+        loss = margin_loss(log_p, labels, None if self.pixel else TANH_LOSS_CLIP)
+        loss = loss.reshape(rows.numel(), p.population)
+        self._keep_misclassified_members(rows, images, log_p.reshape(rows.numel(), p.population, -1))
+        advantages = _z_scored(-0.5 * loss)
+        update = torch.einsum("kp,kp...->k...", advantages.to(noise.dtype), noise)
+        stepping = self.active[rows]
+        self.mu[rows[stepping]] += p.learning_rate / (p.population * p.sigma) * update[stepping]
         self.iterations[rows] += 1
+
+    def _keep_misclassified_members(self, rows, images, log_p) -> None:
+        """A member the scores call misclassified is judged; if the criterion agrees, it is a success."""
+        true = log_p.gather(2, self.y[rows][:, None, None].expand(-1, log_p.shape[1], 1)).squeeze(2)
+        others = log_p.scatter(2, self.y[rows][:, None, None].expand(-1, log_p.shape[1], 1), float("-inf"))
+        margins = true - others.amax(dim=2)                    # [K, P]; < 0: misclassified by the scores
+        best = margins.argmin(dim=1)
+        candidate_rows = (margins.gather(1, best[:, None]).squeeze(1) < 0).nonzero().squeeze(1)
+        if candidate_rows.numel() == 0:
+            return
+        chosen = images[candidate_rows, best[candidate_rows]]
+        fooled = ~self.judge(rows[candidate_rows], chosen)
+        self.succeed(rows[candidate_rows[fooled]], chosen[fooled])
+
+
+def _z_scored(rewards: torch.Tensor) -> torch.Tensor:
+    centred = rewards - rewards.mean(1, keepdim=True)
+    return centred / (rewards.std(1, unbiased=False, keepdim=True) + REWARD_STD_EPSILON)
 
 
 def nattack(defense, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, *, eps: float,
-            params: NAttackParams, seed: int, max_iterations: int | None = None) -> NAttackResult:
-    """Attack a batch of images; `max_iterations` overrides the spec's (the quick budget)."""
+            params: NAttackParams, seed: int, max_iterations: int | None = None,
+            still_correct: Criterion | None = None, criterion_queries: int = 1,
+            score_draws: int = 1) -> NAttackResult:
+    """Attack a batch of images; `max_iterations` overrides the spec's (the quick budget).
+
+    `still_correct` is the judge's criterion (default: one `predict`), costing `criterion_queries`
+    queries per image; `score_draws` is passed to `log_scores` (a randomized entry's mean over draws).
+    """
     iterations = params.max_iterations if max_iterations is None else max_iterations
-    search = _Search(x, y, indices, params, eps, seed)
-    clean = defense.scores(x).argmax(dim=1)
-    search.queries += 1
-    already_wrong = clean != y
-    search.correct[already_wrong] = False
-    search.active[already_wrong] = False
+    search = _Search(defense, x, y, indices, params, eps, seed, still_correct or predicted_correctly(defense),
+                     criterion_queries, score_draws)
+    search.skip_already_wrong()
     for iteration in range(iterations):
         if not search.active.any():
             break
         if iteration % params.check_every == 0:
-            search.check_means(defense)
-        search.step(defense)
+            search.check_means()
+        search.step()
+    search.check_means()   # after the last update
     check_perturbation(x, search.x_adv, eps, "nattack")
     return NAttackResult(search.correct, search.queries, search.iterations, search.x_adv)
