@@ -140,7 +140,8 @@ def test_a_flagged_quick_record_is_listed_as_flagged_too(board):
                                                    "evidence": "two forward passes differ"}})
     page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
     flagged = page.split("## Flagged (not ranked)")[1].split("## Provisional")[0]
-    assert "| noisy-quick | baseline | quick | `randomness_undeclared` | - | two forward passes differ |" in flagged
+    assert ("| noisy-quick | baseline | quick | `randomness_undeclared` | - | two forward passes differ |"
+            in flagged)
     assert "| noisy-quick | baseline | quick budget (n = 1000); flagged: randomness_undeclared |" in page
 
 
