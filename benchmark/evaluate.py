@@ -627,7 +627,7 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
             "chunk_hits": transfer_cache.hits, "chunk_misses": transfer_cache.misses,
             "crafting_seconds": round(transfer_cache.crafted_seconds, 3)}
     record["costs"] = cost_summary(record)
-    record["flags"] = gradient_masking_flags(record)
+    record["flags"] = gradient_masking_flags(record, outcomes)
     return record
 
 

@@ -1,5 +1,6 @@
 """The generated leaderboard: deterministic, ranked by the worst case over all families, ties in
-bold, quick-budget records only in the provisional table, stale committed pages detected."""
+bold, quick-budget records only in the provisional table, entries with a raised masking flag never
+ranked but listed under "Flagged" with their evidence, stale committed pages detected."""
 
 from __future__ import annotations
 
@@ -62,12 +63,20 @@ def write_fixture(directory: Path, name: str, *, clean: int, pgd: int, transfer:
     write_result(path, record, outcomes)
 
 
+MASKED_FLAG = {"raised": True, "masking": True, "p_value": 2.0 ** -12, "compared": ["pgd", "transfer/B/fgsm"],
+               "discordant": [12, 0], "comparisons": 1,
+               "evidence": "pgd correct on 12 examples where transfer/B/fgsm is not, transfer/B/fgsm on 0 "
+                           "where pgd is not (p = 0.000244) (exact paired test, one-sided; p < 0.01)"}
+
+
 @pytest.fixture
 def board(tmp_path) -> Path:
     write_fixture(tmp_path, "strong", clean=850, pgd=520, transfer=700, nattack=560)
     write_fixture(tmp_path, "tied", clean=840, pgd=505, transfer=690, nattack=540)
     write_fixture(tmp_path, "weak", clean=910, pgd=0, transfer=400, nattack=100,
-                  flags={"single_step_beats_pgd": {"raised": True}})
+                  flags={"adversarial_above_clean": {"raised": True}})   # not a masking flag: ranked
+    write_fixture(tmp_path, "masked", clean=950, pgd=900, transfer=890, nattack=900,
+                  flags={"transfer_beats_white_box": MASKED_FLAG})   # the best numbers, but flagged
     write_fixture(tmp_path, "masked-quick", clean=900, pgd=600, transfer=300, nattack=None, budget="quick")
     return tmp_path
 
@@ -84,6 +93,56 @@ def test_rows_are_sorted_by_the_worst_case_and_ties_are_bold(board):
     ranked = page.split("## Provisional")[0]
     assert ranked.index("**strong**") < ranked.index("**tied**") < ranked.index("| weak |")
     assert "| 3 | weak |" in ranked        # 10.0% all-families: not tied, not bold
+
+
+def test_a_raised_non_masking_flag_is_shown_but_does_not_gate_the_ranking(board):
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    row = next(line for line in page.splitlines() if line.startswith("| 3 | weak |"))
+    assert "`adversarial_above_clean` (not masking)" in row
+    assert "weak" not in page.split("## Flagged")[1].split("## Provisional")[0]
+
+
+def test_a_full_record_with_a_raised_masking_flag_is_not_ranked_but_listed_as_flagged(board):
+    write_fixture(board, "masked", clean=950, pgd=900, transfer=890, nattack=900,
+                  flags={"transfer_beats_white_box": MASKED_FLAG,
+                         "single_step_beats_pgd": {"raised": False, "masking": True, "p_value": 1.0,
+                                                   "evidence": "-"}})
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    ranked, rest = page.split("## Flagged (not ranked)")
+    flagged, provisional = rest.split("## Provisional (not ranked)")
+    assert "masked" not in ranked and "| 1 | **strong** |" in ranked, "the best worst case is not ranked"
+    assert ("| masked | baseline | full | `transfer_beats_white_box` | 0.00024 | pgd correct on 12 examples "
+            "where transfer/B/fgsm is not") in flagged
+    assert "`single_step_beats_pgd`" not in flagged, "only raised flags are listed"
+    assert "| masked | baseline | flagged: transfer_beats_white_box |" in provisional
+
+
+def test_the_same_record_without_the_flag_is_ranked(board):
+    write_fixture(board, "masked", clean=950, pgd=900, transfer=890, nattack=900,
+                  flags={"transfer_beats_white_box": {**MASKED_FLAG, "raised": False, "p_value": 1.0}})
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    assert "| 1 | **masked** |" in page.split("## Provisional")[0]
+    assert "## Flagged" not in page
+
+
+def test_old_records_without_the_masking_key_are_gated_by_the_registry(board):
+    """Spec 1.0.0 records hold flags as {raised, evidence}: the flag's registry entry decides."""
+    write_fixture(board, "old", clean=950, pgd=900, transfer=890, nattack=900,
+                  flags={"single_step_beats_pgd": {"raised": True, "evidence": "fgsm below pgd"}})
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    assert "| old | baseline | full | `single_step_beats_pgd` | - | fgsm below pgd |" in page
+    assert "| 1 | **strong** |" in page
+
+
+def test_a_flagged_quick_record_is_listed_as_flagged_too(board):
+    write_fixture(board, "noisy-quick", clean=900, pgd=600, transfer=700, nattack=650, budget="quick",
+                  flags={"randomness_undeclared": {"raised": True, "masking": True, "p_value": None,
+                                                   "evidence": "two forward passes differ"}})
+    page = render_pages(board / "results", "1.0.0")["fashion-mnist.md"]
+    flagged = page.split("## Flagged (not ranked)")[1].split("## Provisional")[0]
+    assert ("| noisy-quick | baseline | quick | `randomness_undeclared` | - | two forward passes differ |"
+            in flagged)
+    assert "| noisy-quick | baseline | quick budget (n = 1000); flagged: randomness_undeclared |" in page
 
 
 def test_quick_budget_records_are_only_provisional(board):

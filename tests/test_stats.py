@@ -1,10 +1,22 @@
-"""Wilson intervals and the significance rule of the gradient-masking flags (DESIGN.md §4)."""
+"""Wilson intervals, interval overlap (ties on the leaderboard), and the exact tests of the
+gradient-masking flags (docs/ranking.md)."""
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
+import numpy as np
 import pytest
 
-from benchmark.stats import intervals_overlap, significantly_greater, wilson_interval
+from benchmark.stats import (
+    binomial_tail,
+    intervals_overlap,
+    mcnemar_exact,
+    paired_test,
+    significantly_greater,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize(("successes", "n", "expected"), [
@@ -134,3 +146,74 @@ def test_wilson_significance_on_counts():
     assert not significantly_greater(wilson_interval(260, 500), wilson_interval(250, 500))
     # Accuracy 0/500 against 3/500: intervals overlap, so no flag.
     assert intervals_overlap(wilson_interval(0, 500), wilson_interval(3, 500))
+
+
+# ---------------------------------------------------------------- exact tests
+
+
+@pytest.mark.parametrize(("a_only", "b_only", "expected"), [
+    (10, 0, Fraction(1, 2 ** 10)),       # all ten discordant pairs one way
+    (12, 0, Fraction(1, 2 ** 12)),
+    (1, 0, Fraction(1, 2)),
+    (5, 1, Fraction(7, 64)),             # P(X >= 5), X ~ Bin(6, 1/2) = (6 + 1) / 64
+    (3, 3, Fraction(42, 64)),            # (20 + 15 + 6 + 1) / 64
+    (0, 0, Fraction(1)),                 # no discordant pair: no evidence
+    (0, 10, Fraction(1)),
+])
+def test_mcnemar_exact_known_values(a_only, b_only, expected):
+    assert mcnemar_exact(a_only, b_only) == float(expected)
+
+
+def test_mcnemar_exact_is_one_sided():
+    assert mcnemar_exact(10, 2) < 0.05 < mcnemar_exact(2, 10)
+    assert mcnemar_exact(200, 0) == 2.0 ** -200   # exact integers: no underflow to a rounded value
+
+
+def test_mcnemar_exact_rejects_negative_counts():
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 3)
+
+
+def _exact_tail(k: int, n: int, p: Fraction) -> Fraction:
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+@pytest.mark.parametrize(("k", "n", "p"), [
+    (1, 1, Fraction(1, 100)), (7, 10, Fraction(1, 2)), (4, 100, Fraction(1, 100)),
+    (5, 100, Fraction(1, 100)), (30, 500, Fraction(1, 100)), (1, 100, Fraction(1, 100)),
+])
+def test_binomial_tail_matches_exact_fractions(k, n, p):
+    assert binomial_tail(k, n, float(p)) == pytest.approx(float(_exact_tail(k, n, p)), rel=1e-10)
+
+
+def test_binomial_tail_edges():
+    assert binomial_tail(0, 10, 0.3) == 1.0
+    assert binomial_tail(11, 10, 0.3) == 0.0
+    assert binomial_tail(3, 10, 0.0) == 0.0 and binomial_tail(3, 10, 1.0) == 1.0
+    assert binomial_tail(7, 10, 0.5) == pytest.approx(176 / 1024)
+
+
+def test_paired_test_with_one_repeat_is_mcnemar():
+    a = np.array([[1, 1, 1, 0, 1, 0]], dtype=bool)
+    b = np.array([[1, 0, 0, 0, 1, 1]], dtype=bool)
+    test = paired_test(a, b)
+    assert (test.a_only, test.b_only) == (2, 1)
+    assert test.p_value == mcnemar_exact(2, 1) == 0.5
+
+
+def test_paired_test_compares_fractions_over_repeats():
+    # Example fractions: a = [1, 1/2, 0, 1/2], b = [1, 0, 1/2, 1/2]; the last pair differs bit by bit
+    # but not in fraction, so it is not discordant.
+    a = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], dtype=bool)
+    b = np.array([[1, 0, 0, 0], [1, 0, 1, 1]], dtype=bool)
+    test = paired_test(a, b)
+    assert (test.a_only, test.b_only) == (1, 1)
+    assert test.p_value == 0.75
+
+
+def test_paired_test_accepts_different_repeats_and_refuses_different_examples():
+    a = np.array([[1, 1, 0]], dtype=bool)                        # fractions 1, 1, 0
+    b = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)  # 2/3, 1/3, 0
+    assert (paired_test(a, b).a_only, paired_test(a, b).b_only) == (2, 0)
+    with pytest.raises(ValueError, match="same examples"):
+        paired_test(a, np.ones((1, 4), dtype=bool))
