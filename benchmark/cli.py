@@ -705,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--name", help="entry name in the record (default: the architecture)")
     evaluate.add_argument("--randomized", action="store_true", help="declare the defense randomized")
-    evaluate.add_argument("--spec", help="spec file (default: the packaged v1)")
+    evaluate.add_argument("--spec", help="spec file (default: the current packaged spec)")
     evaluate.add_argument("--families", default="white_box,transfer,adaptive",
                           help="comma-separated subset of white_box,transfer,adaptive (a record that "
                                "lacks a family has no overall worst case and is never ranked)")
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     spec = commands.add_parser("spec", help="print the threat-model spec as tables")
     spec.add_argument("--dataset")
-    spec.add_argument("--spec", help="spec file (default: the packaged v1)")
+    spec.add_argument("--spec", help="spec file (default: the current packaged spec)")
     spec.set_defaults(handler=command_spec)
 
     train = commands.add_parser("train", help="train a baseline defense from its recipe "
@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     parser_class=_Parser)
     validate = submission_commands.add_parser("validate", help="check manifests offline")
     validate.add_argument("manifests", nargs="+", help="submissions/<name>.yaml files")
-    validate.add_argument("--spec", help="spec file (default: the packaged v1)")
+    validate.add_argument("--spec", help="spec file (default: the current packaged spec)")
     validate.set_defaults(handler=command_submission_validate)
     for name, handler, text in (
             ("fetch", command_submission_fetch, "download the pinned files into the store, checking "
@@ -795,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name == "fetch":
             continue
-        command.add_argument("--spec", help="spec file (default: the packaged v1)")
+        command.add_argument("--spec", help="spec file (default: the current packaged spec)")
         _add_runtime(command)
         if name == "check":
             command.add_argument("--n", type=int, default=200, help="test images for clean accuracy")

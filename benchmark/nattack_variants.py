@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -56,7 +55,10 @@ class BinarizedInput(nn.Module):
 
 
 def zoo_defense(name: str) -> Defense:
-    from baselines.zoo import entry_defense, load_zoo   # the judge's tools never import baselines at import
+    from baselines.zoo import (  # the judge's tools never import baselines at import
+        entry_defense,
+        load_zoo,
+    )
 
     return entry_defense(load_zoo(DATASET).entry(name), load_spec().dataset(DATASET).num_classes)
 

@@ -1,5 +1,6 @@
 """Constructed gradient-masked models: the flags fire and the worst case over all families lies
-far below the white-box number."""
+far below the white-box number. (Logit scaling, binarisation and undeclared noise, each compared
+with a strong adaptive attack: tests/test_worst_case_holds.py.)"""
 
 from __future__ import annotations
 
@@ -9,21 +10,10 @@ from torch import nn
 
 from benchmark.defense import Defense
 from benchmark.evaluate import evaluate
-from tests.conftest import NoisyModel, requires_fashion
+from tests.conftest import requires_fashion
 from tests.test_transfer import small_spec
 
 pytestmark = [requires_fashion, pytest.mark.slow]
-
-
-class ScaledLogits(nn.Module):
-    """Logits x 1e4: softmax saturates, so cross-entropy gradients vanish (float32)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return 1e4 * self.model(x)
 
 
 class QuantizedInput(nn.Module):
@@ -48,15 +38,6 @@ def _gap(record):
     return record["attacks"]["pgd"]["accuracy"] - record["worst_case"]["all"]["accuracy"]
 
 
-def test_vanishing_gradients_are_caught(trained_mlp, tmp_path):
-    record = _judge(ScaledLogits(trained_mlp), tmp_path)
-    flags = record["flags"]
-    assert flags["transfer_beats_white_box"]["raised"] is True
-    assert flags["pgd_unbounded_not_zero"]["raised"] is True
-    assert record["attacks"]["pgd"]["accuracy"] > record["clean"]["accuracy"] - 0.05, "white-box is fooled"
-    assert _gap(record) > 0.3
-
-
 def test_shattered_gradients_are_caught(trained_mlp, tmp_path):
     record = _judge(QuantizedInput(trained_mlp), tmp_path)
     flags = record["flags"]
@@ -64,14 +45,6 @@ def test_shattered_gradients_are_caught(trained_mlp, tmp_path):
     assert flags["nattack_beats_white_box"]["raised"] is True
     assert flags["pgd_unbounded_not_zero"]["raised"] is True
     assert _gap(record) > 0.3
-
-
-def test_undeclared_noise_is_caught_and_attacked_with_eot(trained_mlp, tmp_path):
-    record = _judge(NoisyModel(trained_mlp, 0.05), tmp_path, randomized=False)
-    assert record["flags"]["randomness_undeclared"]["raised"] is True
-    assert record["randomness"]["attacked_as_randomized"] is True
-    assert "epgd" in record["attacks"]
-    assert record["worst_case"]["all"]["accuracy"] < 0.2
 
 
 def test_an_honest_model_raises_no_masking_flag(trained_mlp, tmp_path):
