@@ -451,7 +451,13 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     randomized = defense.randomized or detected
     repeats = spec.randomized.prediction_repeats if randomized else 1
     draws = dataset_spec.attacks["epgd"].draws if randomized else None
-    if requested_batch_size is None and device.type == "cuda":   # an explicit --batch-size is kept as is
+    fixed_grid = randomized and spec.randomized.batch_size is not None
+    if fixed_grid:
+        if requested_batch_size not in (None, spec.randomized.batch_size):
+            tqdm.write(f"{defense.name}: randomized entries run in the spec's fixed batches of "
+                       f"{spec.randomized.batch_size} (their noise is seeded per batch); --batch-size ignored")
+        batch_size = requested_batch_size = spec.randomized.batch_size
+    elif requested_batch_size is None and device.type == "cuda":   # an explicit --batch-size is kept as is
         batch_size = min_over_shards(fit_batch_size(defense, probe.x, min(len(eval_set), GPU_MAX_BATCH),
                                                     say=tqdm.write), shard, device)
 
@@ -472,7 +478,9 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
         family_status["transfer"] = status
     if "adaptive" in families:
         nattack_batch = nattack_batch_size(dataset_spec, device)
-        if requested_batch_size:   # an explicit batch size caps every batch, populations included
+        if fixed_grid:
+            nattack_batch = spec.randomized.nattack_batch_size
+        elif requested_batch_size:   # an explicit batch size caps every batch, populations included
             nattack_batch = min(nattack_batch, requested_batch_size)
         measurements.append(nattack_measurement(dataset_spec, budget_spec, defense, seed=seed,
                                                 batch_size=nattack_batch, repeats=repeats,

@@ -29,6 +29,12 @@ FAMILY_COLUMNS = (("white_box", "white-box"), ("transfer", "transfer"), ("adapti
 class Row:
     path: Path
     record: dict[str, Any]
+    current_spec: str | None = None   # the spec version this threatbench judges with
+
+    @property
+    def superseded(self) -> bool:
+        """Measured under an older spec: kept readable, shown apart, never ranked."""
+        return self.current_spec is not None and self.record["spec"]["version"] != self.current_spec
 
     @property
     def name(self) -> str:
@@ -47,7 +53,7 @@ class Row:
 
     @property
     def rankable(self) -> bool:
-        return self.complete and not self.masking_flags
+        return self.complete and not self.masking_flags and not self.superseded
 
     def why_provisional(self) -> str:
         reasons = []
@@ -62,21 +68,44 @@ class Row:
 
 
 def collect(results_dir: Path, spec_version: str | None) -> dict[str, list[Row]]:
-    """Every record under `results_dir`, validated, grouped by dataset."""
+    """Every record under `results_dir`, validated, grouped by dataset; records of another spec
+    version than `spec_version` are kept as superseded rows."""
     by_dataset: dict[str, list[Row]] = {}
-    seen: dict[tuple[str, str, str], Path] = {}
+    seen: dict[tuple[str, str, str, str], Path] = {}
     for path in sorted(results_dir.rglob("*.json")):
         if path.name.endswith(".examples.json"):
             continue
-        record = load_record(path, spec_version=spec_version)
-        key = (record["dataset"], record["entry"]["name"], record["budget"])
+        record = load_record(path)
+        key = (record["dataset"], record["entry"]["name"], record["budget"], record["spec"]["version"])
         if key in seen:
-            raise RecordError(f"{path}: entry {key[1]!r} already has a {key[2]}-budget {key[0]} record in "
-                              f"{seen[key]}; entry names are unique per dataset (rename the submission "
-                              "or remove the older record)")
+            raise RecordError(f"{path}: entry {key[1]!r} already has a {key[2]}-budget {key[0]} record of "
+                              f"spec {key[3]} in {seen[key]}; entry names are unique per dataset (rename "
+                              "the submission or remove the older record)")
         seen[key] = path
-        by_dataset.setdefault(record["dataset"], []).append(Row(path, record))
+        by_dataset.setdefault(record["dataset"], []).append(Row(path, record, spec_version))
     return by_dataset
+
+
+def current_rows(rows: list[Row]) -> list[Row]:
+    return [row for row in rows if not row.superseded]
+
+
+def render_superseded(rows: list[Row]) -> list[str]:
+    """Records of older specs: their numbers as measured then, never ranked or compared."""
+    old = sorted((r for r in rows if r.superseded),
+                 key=lambda r: (r.record["spec"]["version"], r.name, r.record["budget"]))
+    if not old:
+        return []
+    current = old[0].current_spec
+    body = [[r.name, r.record["spec"]["version"], r.record["budget"], _percent(r.record["clean"]),
+             _percent(r.record["worst_case"].get("white_box")), _nattack(r.record),
+             _with_interval(r.record["worst_case"].get("all")), _flags(r.record)] for r in old]
+    return ["", "## Superseded records (older specs, never ranked)", "",
+            f"Measured under an older threat model; spec {current} changed the attacks "
+            "([docs/threat-model.md](../docs/threat-model.md)), so these numbers are kept for the record "
+            "only and must not be cited beside current ones. Accuracy in %.", "",
+            *_table(["entry", "spec", "budget", "clean", "worst white-box", "NAttack (median queries)",
+                     "worst over all families [95% CI]", "flags (as recorded)"], body)]
 
 
 def _percent(summary: dict[str, Any] | None) -> str:
@@ -254,6 +283,7 @@ def render_flagged(rows: list[Row]) -> list[str]:
 
 def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = (),
                    sweeps: list[dict[str, Any]] = ()) -> str:
+    every_row, rows = rows, current_rows(rows)
     lines = [f"# {dataset} leaderboard", "", GENERATED, "",
              "Ranked by the per-example worst case over all three families (on the NAttack subset, "
              "where every attack ran). **Bold**: statistically tied with the best (overlapping 95% "
@@ -281,6 +311,7 @@ def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = 
         lines += render_eps_sweeps(dataset, list(sweeps))
     if references:
         lines += render_references(list(references), rows)
+    lines += render_superseded(every_row)
     return "\n".join(lines) + "\n"
 
 
@@ -288,11 +319,13 @@ INDEX_TEXT = """# threatbench leaderboards
 
 {generated}
 
-Every entry is judged under one fixed threat model (`benchmark/spec/v1.toml`, spec version in
-each row) by three families of attacks; the ranking key is the worst case over all of them.
+Every entry is judged under one fixed threat model (`benchmark/spec/v{major}.toml`, spec
+version {version} in each row; [docs/threat-model.md](../docs/threat-model.md)) by three families
+of attacks; the ranking key is the worst case over all of them. Records of older specs are listed
+as superseded and never ranked.
 
-| dataset | ranked entries | provisional | references (claimed) |
-|---|---|---|---|
+| dataset | ranked entries | provisional | superseded | references (claimed) |
+|---|---|---|---|---|
 {datasets}
 
 ## Columns
@@ -334,11 +367,17 @@ def render_pages(results_dir: Path, spec_version: str | None,
     sweeps = {dataset: load_eps_sweeps(results_dir.parent / "sweeps", dataset) for dataset in datasets}
     pages = {f"{dataset}.md": render_dataset(dataset, by_dataset.get(dataset, []), references.get(dataset, []),
                                              sweeps[dataset]) for dataset in datasets}
-    listing = [f"| [{dataset}]({dataset}.md) | {len(ranked_rows(by_dataset.get(dataset, [])))} | "
-               f"{sum(1 for r in by_dataset.get(dataset, []) if not r.rankable)} | "
-               f"{len(references.get(dataset, []))} |" for dataset in datasets]
-    pages["README.md"] = INDEX_TEXT.format(generated=GENERATED,
-                                           datasets="\n".join(listing) or "| (none yet) | 0 | 0 | 0 |")
+    listing = []
+    for dataset in datasets:
+        rows = by_dataset.get(dataset, [])
+        current = current_rows(rows)
+        listing.append(f"| [{dataset}]({dataset}.md) | {len(ranked_rows(current))} | "
+                       f"{sum(1 for r in current if not r.rankable)} | {len(rows) - len(current)} | "
+                       f"{len(references.get(dataset, []))} |")
+    version = spec_version or "(any)"
+    pages["README.md"] = INDEX_TEXT.format(generated=GENERATED, version=version,
+                                           major=version.split(".")[0] if spec_version else "N",
+                                           datasets="\n".join(listing) or "| (none yet) | 0 | 0 | 0 | 0 |")
     return pages
 
 

@@ -119,9 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     y = evaluation.labels[:args.n]
     results = {"dataset": DATASET, "n": args.n, "iterations": args.iterations, "seed": args.seed,
                "spec_sha256": load_spec().sha256, "rows": {}}
+    if args.out.is_file():   # resume: rows measured with the same settings are kept
+        previous = json.loads(args.out.read_text())
+        if {k: previous.get(k) for k in ("n", "iterations", "seed")} == {k: results[k] for k in ("n", "iterations", "seed")}:
+            results["rows"] = previous.get("rows", {})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for name, defense in targets(args.entries).items():
-        results["rows"][name] = measure(defense, x, y, args.iterations, args.seed)
+    for name in args.entries:
+        if name in results["rows"]:
+            continue
+        results["rows"][name] = measure(targets([name])[name], x, y, args.iterations, args.seed)
         atomic_write_json(args.out, results)   # each finished row survives an interruption
         print(f"{name}: {results['rows'][name]}", flush=True)
     print(markdown(results))

@@ -1,5 +1,8 @@
 """Regression replay of recorded leaderboard numbers: `pytest benchmark -k <dataset>`.
 
+Only records of the current spec are replayed; records of an older spec are superseded (kept and shown
+on the pages, never re-judged: the attacks they were measured with no longer exist as such).
+
 Each recorded (entry, measurement) is re-evaluated on the regression subset, the first
 `REGRESSION_N` examples of the record's own evaluation subset (`REGRESSION_N_RANDOMIZED` for a
 randomized entry; NAttack: the first `REGRESSION_NATTACK_N`, or `..._RANDOMIZED`), and compared with the record's per-example outcomes on those examples.
@@ -64,10 +67,13 @@ class RegressionCase:
 def regression_cases(results_dir: Path = RESULTS_DIR, references_dir: Path | None = None) -> list[RegressionCase]:
     """One case per recorded (entry, measurement), plus one per claim of a reference not yet measured."""
     cases, measured = [], set()
+    current = load_spec().version
     for path in sorted(results_dir.rglob("*.json")):
         if path.name.endswith(".examples.json"):
             continue
         record = load_record(path, check_examples=False)
+        if record["spec"]["version"] != current:   # superseded: shown on the pages, judged no more
+            continue
         measured.add((record["dataset"], record["entry"]["name"]))
         for measurement in ("clean", *record["attacks"]):
             cases.append(RegressionCase(path, record["dataset"], record["entry"]["name"], measurement))

@@ -84,6 +84,10 @@ class HeldOutSource:
 @dataclass(frozen=True)
 class RandomizedPolicy:
     prediction_repeats: int
+    # Spec v2: randomized entries run in these fixed batches whatever the device or --batch-size, so
+    # that their noise draws (seeded per batch) and so their results never depend on the batch size.
+    batch_size: int | None = None
+    nattack_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -311,8 +315,13 @@ def _parse_sources(value: Any, where: str) -> tuple[HeldOutSource, ...]:
 
 
 def _parse_randomized(table: Any) -> RandomizedPolicy:
-    _check_keys(table, "randomized", {"prediction_repeats"})
-    return RandomizedPolicy(_int(table["prediction_repeats"], "randomized.prediction_repeats", minimum=1))
+    _check_keys(table, "randomized", {"prediction_repeats"}, {"batch_size", "nattack_batch_size"})
+    if ("batch_size" in table) != ("nattack_batch_size" in table):
+        raise SpecError("randomized: 'batch_size' and 'nattack_batch_size' go together")
+    optional = {key: _int(table[key], f"randomized.{key}", minimum=1)
+                for key in ("batch_size", "nattack_batch_size") if key in table}
+    return RandomizedPolicy(_int(table["prediction_repeats"], "randomized.prediction_repeats", minimum=1),
+                            **optional)
 
 
 def _parse_diagnostics(table: Any) -> Diagnostics:

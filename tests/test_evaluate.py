@@ -228,3 +228,19 @@ def test_randomized_scores_that_do_not_sum_to_one_are_refused(trained_mlp, tmp_p
     defense = _UnnormalizedScores(NoisyModel(trained_mlp, 0.05), 10, randomized=True, name="votes")
     with pytest.raises(DefenseOutputError, match="row sums range from 8"):
         _evaluate(defense, tmp_path)
+
+
+def test_randomized_results_do_not_depend_on_the_batch_size(trained_mlp, tmp_path):
+    """Randomized entries run in the spec's fixed batches: another --batch-size changes nothing."""
+    from tests.test_transfer import small_spec
+
+    spec = small_spec(n=60, nattack_n=8, nattack_max_iterations=2)   # two fixed batches: 50 and 10
+    noisy = Defense(NoisyModel(trained_mlp, 0.05), 10, randomized=True, name="noisy")
+    records = [evaluate(noisy, "fashion-mnist", budget="quick", spec=spec, out=tmp_path / f"r{size}.json",
+                        progress=False, batch_size=size, families=("white_box", "adaptive"))
+               for size in (32, 60)]
+    first, second = (read_outcomes(tmp_path / f"r{size}.json") for size in (32, 60))
+    assert set(first) == set(second)
+    for name in first:
+        assert np.array_equal(first[name].correct, second[name].correct), name
+    assert records[0].record["provenance"]["batch_size"] == spec.randomized.batch_size

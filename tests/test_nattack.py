@@ -158,7 +158,7 @@ def test_the_mean_is_checked_after_the_last_update(trained_mlp, fashion_test_bat
     active = defense.predict(x[:4]) == y[:4]
     # the clean check, a mean check at iteration 0, 3 populations, the final check (+ judged members)
     minimum = 1 + 1 + 3 * 20 + 1
-    assert all(int(q) >= minimum for q, a, c in zip(result.queries, active, result.correct) if a and c)
+    assert all(int(q) >= minimum for q, a, c in zip(result.queries, active, result.correct, strict=True) if a and c)
 
 
 def test_results_do_not_depend_on_the_batch_layout(trained_mlp, fashion_test_batch, fashion):
