@@ -203,3 +203,22 @@ def test_pixel_candidates_stay_in_the_ball_and_range_for_any_z():
     assert images.min() >= 0 and images.max() <= 1
     upsampled = pixel_candidate_images(torch.rand(2, 3, 64, 64), torch.randn(2, 4, 3, 32, 32), 0.0625, sigma=0.1)
     assert upsampled.shape == (2, 4, 3, 64, 64)
+
+
+def test_a_smoothed_entry_is_attacked_through_its_mean_softmax(trained_mlp, fashion_test_batch, fashion):
+    """Vote fractions are flat near x (v1: the mean never moved); the mean softmax over draws is not."""
+    from benchmark.smoothing import SmoothingConfig, smooth
+
+    x, y = fashion_test_batch
+    x, y = x[:12], y[:12]
+    base = Defense(trained_mlp, 10)
+    smoothed = smooth(base, SmoothingConfig(samples=8, sigma=0.05))
+    params = dataclasses.replace(fashion.nattack, population=60)
+    torch.manual_seed(0)
+    on_smoothed = nattack(smoothed, x, y, torch.arange(12), eps=EPS, params=params, seed=0, max_iterations=30)
+    on_base = nattack(base, x, y, torch.arange(12), eps=EPS, params=params, seed=0, max_iterations=30)
+    assert int((~on_smoothed.correct).sum()) >= int((~on_base.correct).sum()) - 1, \
+        "NAttack is about as strong on the smoothed entry as on its base model"
+    scores = smoothed.log_scores(x[:2])
+    assert torch.allclose(scores.exp().sum(dim=1), torch.ones(2, dtype=scores.dtype))
+    assert (scores.exp().max(dim=1).values < 1).all(), "a mean softmax, not a unanimous vote"
