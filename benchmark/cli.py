@@ -109,7 +109,9 @@ def format_spec(spec: Spec, dataset: str | None = None) -> str:
               f"norm {spec.norm}, pixels in [0, 1], default seed {spec.seed}, "
               f"{100 * spec.confidence:g}% Wilson intervals",
               f"randomized defenses: EOT on every gradient, accuracy = mean of "
-              f"{spec.randomized.prediction_repeats} predictions; masking check: PGD at eps "
+              f"{spec.randomized.prediction_repeats} predictions"
+              + (f", fixed batches of {spec.randomized.batch_size} (NAttack {spec.randomized.nattack_batch_size})"
+                 if spec.randomized.batch_size else "") + "; masking check: PGD at eps "
               f"{spec.diagnostics.unbounded_pgd_eps:g} on {spec.diagnostics.unbounded_pgd_examples} examples"]
     for name in names:
         d = spec.dataset(name)
@@ -128,9 +130,10 @@ def format_spec(spec: Spec, dataset: str | None = None) -> str:
             tablefmt="github", missingval="-"))
         n = d.nattack
         blocks.append(tabulate([[n.population, n.sigma, n.learning_rate, n.max_iterations,
-                                 n.check_every, list(n.search_shape)]],
+                                 n.check_every, list(n.search_shape), n.parameterization, n.score_draws]],
                                headers=["nattack population", "sigma", "lr", "max iterations",
-                                        "check every", "search shape"], tablefmt="github"))
+                                        "check every", "search shape", "search space",
+                                        "score draws (randomized)"], tablefmt="github"))
         blocks.append(tabulate([[b.name, b.n, b.nattack_n, b.nattack_max_iterations or n.max_iterations]
                                 for b in d.budgets.values()],
                                headers=["budget", "n", "nattack n", "nattack iterations"],
