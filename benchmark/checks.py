@@ -11,7 +11,7 @@ on earlier queries (a counter, a cache). No attack can see this, so, as AutoAtta
 apart from its attacks (Croce & Hein 2020), these checks run apart from them, once, before them.
 
 How `evaluate` calls it: right after `probe_randomness`, on the same probe batch (any clean batch of
-real images in [0, 1]; the first 64 are used, 32 for a randomized defense):
+real images in [0, 1]; the first 64 are used, 16 for a randomized defense):
 
     detected = probe_randomness(defense, probe.x)
     randomized = defense.randomized or detected
@@ -61,7 +61,7 @@ sharing a call with the same number of other measured inputs), so the test is ex
 defense. Six tests at ALPHA = 1e-4 / 6 each: an honest randomized defense is refused with probability
 below 1e-4 per evaluation (union bound). With 16 rounds a test can reach p = 3.3e-9: a cheat that moves
 the agreement in all but one round of each condition is refused (p = 8.1e-7).
-Cost per round, n = 32: 192 images through forward and 520 through predict; 16 rounds: 3072 + 8320,
+Cost per round, n = 16: 96 images through forward and 400 through predict; 16 rounds: 1536 + 6400,
 plus one input gradient of n images (a smoothed defense's predict costs its m draws per image).
 """
 
@@ -84,13 +84,13 @@ HISTORY = "history"
 BATCH = "batch"
 
 MAX_INPUTS = 64              # clean inputs of a deterministic defense
-MAX_RANDOMIZED_INPUTS = 32   # of a randomized one: each condition runs ROUNDS times
+MAX_RANDOMIZED_INPUTS = 16   # of a randomized one: each condition runs ROUNDS times
 LOGIT_TOLERANCE = 1e-3       # relative to 1 + the row's largest |logit|; covers TF32 and kernel choice
 ROUNDS = 16                  # 2 / C(32, 16) = 3.3e-9: the smallest two-sided p-value, far below ALPHA
 FALSE_REFUSAL_RATE = 1e-4    # of an honest randomized defense, per evaluation
 RANDOMIZED_TESTS = 6
 ALPHA = FALSE_REFUSAL_RATE / RANDOMIZED_TESTS
-ALONE_INPUTS = 8             # randomized batch check: inputs asked alone and in their original batch
+ALONE_INPUTS = 16            # randomized batch check: inputs asked alone and in their original batch
 STREAM = "checks"
 FIX = ("a defense must answer the same input the same way in every call: no caches, call counters, "
        "batch statistics or branches on torch.is_grad_enabled()")
@@ -121,7 +121,8 @@ def preserved_rng_state() -> Iterator[None]:
     """Restore torch's CPU generator (and CUDA's, when initialized) on exit, so that an evaluation
     draws the same numbers whether or not the checks ran."""
     cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = torch.cuda.get_rng_state_all() if cuda_ready else None
     try:
         yield
     finally:
@@ -373,7 +374,8 @@ class Comparison:
         return self.p_value < ALPHA
 
     def message(self, name: str) -> str:
-        rates = [sum(counts) / (len(counts) * self.inputs) for counts in (self.first_counts, self.second_counts)]
+        rates = [sum(counts) / (len(counts) * self.inputs)
+                 for counts in (self.first_counts, self.second_counts)]
         what = {GRAD_MODE: "whether gradients are enabled", HISTORY: "what was queried before",
                 BATCH: "the batch an input is in"}[self.check]
         return (f"{name}: refused by the {self.check} check: the distribution of predictions depends on "
@@ -442,16 +444,17 @@ def _randomized_checks(defense: Defense, probe: _Probe, seed: int) -> Iterator[C
 def _randomized_batch_checks(defense: Defense, probe: _Probe, seed: int) -> Iterator[Comparison]:
     pool, device = probe.pool, probe.x.device
     foreign = torch.cat([probe.x, 1.0 - probe.neighbours])   # the clean inputs among other companions
-    alone = _order(len(pool), seed, "alone-inputs", 0, device)[:ALONE_INPUTS]
-    draws: dict[str, list[torch.Tensor]] = {k: [] for k in ("original", "shuffled", "foreign", "alone", "own")}
+    alone = _order(len(pool), seed, "alone-inputs", 0, device)[:ALONE_INPUTS].tolist()
+    conditions = ("original", "shuffled", "foreign", "alone", "own")
+    draws: dict[str, list[torch.Tensor]] = {condition: [] for condition in conditions}
     for round_index in range(ROUNDS):
-        draws["original"].append(predict(defense, pool))
-        draws["shuffled"].append(predict_in_chunks(defense, pool, _order(len(pool), seed, "shuffle",
-                                                                             round_index, device), [len(pool)]))
+        shuffle = _order(len(pool), seed, "shuffle", round_index, device)
         mixed = _order(len(foreign), seed, "foreign", round_index, device)
+        draws["original"].append(predict(defense, pool))
+        draws["shuffled"].append(predict_in_chunks(defense, pool, shuffle, [len(pool)]))
         draws["foreign"].append(predict_in_chunks(defense, foreign, mixed, [len(foreign)])[:len(probe.x)])
-        draws["alone"].append(torch.cat([predict(defense, pool[i:i + 1]) for i in alone.tolist()]))
-        draws["own"].append(torch.stack([_in_original_batch(defense, probe, i) for i in alone.tolist()]))
+        draws["alone"].append(torch.cat([predict(defense, pool[i:i + 1]) for i in alone]))
+        draws["own"].append(torch.stack([_in_original_batch(defense, probe, i) for i in alone]))
     stacked = {k: torch.stack(v) for k, v in draws.items()}
     yield comparison_of(BATCH, "the original batch", "the same batch shuffled",
                         stacked["original"], stacked["shuffled"])
