@@ -23,3 +23,12 @@ class AttackBoundsError(AssertionError):
 
 class OutputPathError(ThreatbenchError):
     """A results path cannot be written."""
+
+
+class StatefulDefenseError(ThreatbenchError):
+    """A defense answers the same input differently with or without gradients, in another batch or after
+    other queries (benchmark.checks); `check` names the check that refused it."""
+
+    def __init__(self, message: str, check: str = ""):
+        super().__init__(message)
+        self.check = check
