@@ -36,6 +36,7 @@ from benchmark.attacks.transfer import (
     sources_with_ensemble,
 )
 from benchmark.batches import iterate_batches
+from benchmark.checks import check_defense_is_consistent
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
 from benchmark.diagnostics import gradient_masking_flags
@@ -449,6 +450,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     check_defense_output(defense, probe.x, dataset_spec.num_classes)
     detected = probe_randomness(defense, probe.x)
     randomized = defense.randomized or detected
+    # Before any attack: a defense whose answers depend on grad mode, batch or history is refused.
+    check_defense_is_consistent(defense, probe.x, eps=dataset_spec.eps, seed=seed, randomized=randomized)
     repeats = spec.randomized.prediction_repeats if randomized else 1
     draws = dataset_spec.attacks["epgd"].draws if randomized else None
     fixed_grid = randomized and spec.randomized.batch_size is not None
