@@ -412,3 +412,37 @@ def test_probe_randomness():
     assert probe_randomness(Defense(small_mlp(), 10), x) is False
     # Dropout is switched off by the wrapper, so a model with dropout is deterministic.
     assert probe_randomness(Defense(build("mnist_b", 10), 10), x) is False
+
+
+def test_log_scores_do_not_saturate_when_logits_are_scaled():
+    """float32 log(softmax(1e4 z)) is -inf or the floor for every class but the top; log-softmax is not."""
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    x = torch.rand(3, 1, 4, 4)
+    plain = Defense(model, 5)
+
+    class Scaled(nn.Module):
+        def forward(self, inputs):
+            return 1e4 * model(inputs)
+
+    scaled = Defense(Scaled(), 5)
+    log_p = scaled.log_scores(x)
+    assert torch.isfinite(log_p).all()
+    assert torch.allclose(log_p, torch.log_softmax(1e4 * model(x).double(), dim=1), rtol=1e-6)
+    assert torch.equal(log_p.argsort(dim=1), plain.log_scores(x).argsort(dim=1)), "the same ranking of classes"
+
+
+def test_log_scores_average_probabilities_over_draws():
+    from benchmark.defense import mean_log_probability
+
+    outputs = iter([torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]])])
+
+    class TwoDraws(nn.Module):
+        def forward(self, inputs):
+            return next(outputs)
+
+    log_p = Defense(TwoDraws(), 2).log_scores(torch.zeros(1, 1, 1, 1), draws=2)
+    assert torch.allclose(log_p.exp(), torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    stacked = torch.log(torch.tensor([[[0.2, 0.8]], [[0.6, 0.4]]], dtype=torch.float64))
+    assert torch.allclose(mean_log_probability(stacked).exp(), torch.tensor([[0.4, 0.6]], dtype=torch.float64))
