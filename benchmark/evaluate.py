@@ -74,7 +74,7 @@ from benchmark.spec import Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
 WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")
-WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin")   # EOT: e...
+WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin")   # pgd with EOT: epgd
 FAMILIES = ("white_box", "transfer", "adaptive")
 
 
