@@ -36,6 +36,10 @@ ALPHA = 0.01                     # one-sided, per flag (docs/ranking.md)
 SINGLE_STEP = ("fgsm", "step_ll", "rand_fgsm")
 ITERATIVE = ("pgd", "epgd", "pgd_margin", "epgd_margin", "ifgsm")
 UNBOUNDED_PGD_TOLERANCE = 0.01   # PGD at eps = 1 must bring accuracy to ~0: at most 1%
+# Honest ReLU networks have rare inputs where a whole layer is dead and the logits are constant (zoo
+# A_trades: 1 of 500 test images, already misclassified). A defense without a usable gradient loses it
+# on most examples, so the flag tolerates up to 1% of the correctly classified examples.
+NO_GRADIENT_TOLERANCE = 0.01
 
 FlagCheck = Callable[[dict[str, Any], dict[str, Outcomes]], dict[str, Any]]
 
@@ -242,10 +246,11 @@ def no_gradient(record: dict[str, Any], outcomes: dict[str, Outcomes]) -> dict[s
                if m.get("family") == "white_box" and "gradient" in m}
     if not counted:
         return _not_evaluated("no white-box attack recorded its gradients")
-    missing = {name: g for name, g in counted.items() if g["missing"] > 0}
+    missing = {name: g for name, g in counted.items() if g["missing"] > NO_GRADIENT_TOLERANCE * g["n"]}
     raised = bool(missing)
     return {"raised": raised, "p_value": None,
             "missing": {name: g["missing"] for name, g in counted.items()},
-            "evidence": "; ".join(f"{name}: {g['missing']} of {g['n']} examples had no usable input gradient"
-                                  for name, g in missing.items()) if raised
-            else f"every example had a usable input gradient under {', '.join(counted)}"}
+            "evidence": "; ".join(f"{name}: {g['missing']} of {g['n']} correctly classified examples had no "
+                                  "usable input gradient" for name, g in missing.items()) if raised
+            else f"at most {NO_GRADIENT_TOLERANCE:.0%} of the correctly classified examples lacked a usable "
+                 f"input gradient under {', '.join(counted)}"}

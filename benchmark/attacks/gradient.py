@@ -34,7 +34,7 @@ class PassCounter:
 
     forward: int = 0
     backward: int = 0
-    gradient_checked: int = 0    # examples whose input gradient was watched (margin-loss attacks)
+    gradient_checked: int = 0    # correctly classified examples whose input gradient was watched
     gradient_missing: int = 0    # ... of which the gradient was exactly zero at every step
 
     def add(self, images: int, *, backward: bool) -> None:
@@ -177,7 +177,10 @@ def _iterate(defense, x, y, x_start, *, eps, steps, step_size, draws, counter, l
         had_gradient |= has_gradient(gradient)
         x_adv = project(x_adv + step_size * gradient.sign(), x, eps)
     if watch_gradient and counter is not None:
-        counter.add_gradient_check(had_gradient)
+        # Only examples the defense gets right matter: a missing gradient elsewhere hides nothing.
+        counter.add(x.shape[0], backward=False)
+        correct = defense.predict(x) == y
+        counter.add_gradient_check(had_gradient[correct])
     return x_adv.detach()
 
 
