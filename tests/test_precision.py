@@ -76,7 +76,7 @@ def test_bf16_passes_its_check_on_a_trained_model_and_is_then_recorded(trained_m
     check = run_precision_check(defense, "fashion-mnist", "bf16", n=200, device=CPU,
                                 model={"entry": "mlp"}, progress=False)
     measured = {a["attack"]: a for a in check["attacks"]}
-    assert set(measured) == {"clean", "fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"}
+    assert set(measured) == {"clean", "fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin"}
     assert measured["pgd"]["float32"] < measured["clean"]["float32"] - 0.2, "the attacks are real"
     assert check["passed"], f"bf16 moved an attack beyond float32's tolerance: {check['attacks']}"
 
