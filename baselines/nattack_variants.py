@@ -1,4 +1,4 @@
-"""Measure NAttack's two parameterizations side by side: `python -m benchmark.nattack_variants`.
+"""Measure NAttack's two parameterizations side by side: `python -m baselines.nattack_variants`.
 
 The evidence behind spec v2's choice of the pixel-space search (docs/threat-model.md, "NAttack"): on
 zoo entries and on constructed masked models, the fraction of the first n test images that stay
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from baselines.zoo import entry_defense, load_zoo
 from benchmark.attacks.gradient import AttackBatch, run_white_box
 from benchmark.attacks.nattack import nattack
 from benchmark.data import load_evaluation_set
@@ -56,11 +57,6 @@ class BinarizedInput(nn.Module):
 
 
 def zoo_defense(name: str) -> Defense:
-    from baselines.zoo import (  # the judge's tools never import baselines at import
-        entry_defense,
-        load_zoo,
-    )
-
     return entry_defense(load_zoo(DATASET).entry(name), load_spec().dataset(DATASET).num_classes)
 
 
