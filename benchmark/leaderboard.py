@@ -332,9 +332,9 @@ as superseded and never ranked.
 
 - **clean**: accuracy of the defense's `predict` on the evaluation subset.
 - **worst white-box / transfer / adaptive**: per example, correct on the clean input and under
-  every attack of the family (white-box: fgsm, step_ll, rand_fgsm, ifgsm, pgd or, for randomized
-  defenses, EOT attacks and epgd; transfer: attacks crafted on the spec's held-out sources;
-  adaptive: NAttack).
+  every attack of the family (white-box: fgsm, step_ll, rand_fgsm, ifgsm, pgd and, from spec v2,
+  the margin-loss pgd_margin or, for randomized defenses, EOT attacks, epgd and epgd_margin;
+  transfer: attacks crafted on the spec's held-out sources; adaptive: NAttack).
 - **NAttack (median queries)**: accuracy under NAttack and the median number of queries it spent.
 - **worst over all families**: the ranking key, on the first `nattack_n` examples where every
   attack ran, with its 95% Wilson interval.
