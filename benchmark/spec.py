@@ -57,7 +57,7 @@ class NAttackParams:
     max_iterations: int
     check_every: int
     search_shape: tuple[int, ...]
-    # "pixel": x' = clip(x + eps tanh(z)), every pixel can reach +-eps (spec v2); "tanh": the paper's
+    # "pixel": x' = clip(x + eps tanh(2 z / sigma)), every pixel can reach +-eps (spec v2); "tanh": the paper's
     # search around arctanh(2x - 1), which cannot move saturated pixels (docs/threat-model.md).
     parameterization: str = "tanh"
     score_draws: int = 1    # draws a randomized (not smoothed) defense averages per query
