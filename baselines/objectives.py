@@ -1,4 +1,4 @@
-"""The training loss of each trainer, for one batch: algorithms.md §2 and §4.
+"""The training loss of each trainer, for one batch (each function names its paper).
 
 Adversarial examples are crafted with the model in eval mode (no dropout, frozen batch statistics;
 weight noise stays on) and w.r.t. the input only, with the judge's own attack functions; the loss is

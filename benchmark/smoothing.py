@@ -1,10 +1,10 @@
 """Smoothed inference (Nemcovsky et al.): a vote over Monte-Carlo samples of a noisy model, as a Defense.
 
-g(x) = argmax_c sum_i v_c(f(x + delta_i)), delta_i ~ N(0, sigma^2 I) (reference: algorithms.md §4.6).
+g(x) = argmax_c sum_i v_c(f(x + delta_i)), delta_i ~ N(0, sigma^2 I) (Nemcovsky et al. 2019, arXiv:1911.07198).
 When f has weight noise (`benchmark.noise_injection`), every sample also carries its own weight-noise
 draw, so the randomness is input noise + model noise, as in the SIAM code.
 
-Choices, stated because the sources disagree (algorithms.md §6):
+Choices, stated because the paper and its code disagree:
 - sigma is in [0, 1] pixel units and the noisy input is NOT clipped (Cohen et al. do not clip either).
   SIAM adds sigma to the *normalized* input (std about 0.25 per channel), so its sigma is about 4x ours.
 - "soft" averages softmax probabilities (the paper, Eq. 13); SIAM's `mcepredict` averages raw logits.
