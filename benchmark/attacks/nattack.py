@@ -93,12 +93,21 @@ def pixel_candidate_images(x: torch.Tensor, z: torch.Tensor, eps: float, sigma: 
                        0.0, 1.0)
 
 
-def margin_loss(log_probabilities: torch.Tensor, labels: torch.Tensor, clip: float | None = None) -> torch.Tensor:
-    """max(0, log p_y - log max_{c != y} p_c) per row from log-probabilities; runner-up per row."""
+def log_margin(log_probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p_y - max_{c != y} log p_c per row (runner-up per row); negative: misclassified."""
     true = log_probabilities.gather(1, labels[:, None]).squeeze(1)
     others = log_probabilities.scatter(1, labels[:, None], float("-inf"))
-    margin = torch.clamp_min(true - others.max(dim=1).values, 0.0)
-    return margin if clip is None else torch.clamp_max(margin, clip)
+    return true - others.max(dim=1).values
+
+
+def margin_loss(log_probabilities: torch.Tensor, labels: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """The paper's f = max(0, log margin), optionally clipped from above."""
+    return loss_from_margin(log_margin(log_probabilities, labels), clip)
+
+
+def loss_from_margin(margin: torch.Tensor, clip: float | None) -> torch.Tensor:
+    loss = torch.clamp_min(margin, 0.0)
+    return loss if clip is None else torch.clamp_max(loss, clip)
 
 
 def predicted_correctly(defense) -> Criterion:
@@ -176,20 +185,17 @@ class _Search:
         log_p = self.defense.log_scores(flat, draws=self.score_draws)
         self.queries[rows] += p.population
         labels = self.y[rows].repeat_interleave(p.population)
-        loss = margin_loss(log_p, labels, None if self.pixel else TANH_LOSS_CLIP)
-        loss = loss.reshape(rows.numel(), p.population)
-        self._keep_misclassified_members(rows, images, log_p.reshape(rows.numel(), p.population, -1))
-        advantages = _z_scored(-0.5 * loss)
+        margins = log_margin(log_p, labels).reshape(rows.numel(), p.population)
+        self._keep_misclassified_members(rows, images, margins)
+        advantages = _z_scored(-0.5 * loss_from_margin(margins, None if self.pixel else TANH_LOSS_CLIP))
         update = torch.einsum("kp,kp...->k...", advantages.to(noise.dtype), noise)
         stepping = self.active[rows]
         self.mu[rows[stepping]] += p.learning_rate / (p.population * p.sigma) * update[stepping]
         self.iterations[rows] += 1
 
-    def _keep_misclassified_members(self, rows, images, log_p) -> None:
-        """A member the scores call misclassified is judged; if the criterion agrees, it is a success."""
-        true = log_p.gather(2, self.y[rows][:, None, None].expand(-1, log_p.shape[1], 1)).squeeze(2)
-        others = log_p.scatter(2, self.y[rows][:, None, None].expand(-1, log_p.shape[1], 1), float("-inf"))
-        margins = true - others.amax(dim=2)                    # [K, P]; < 0: misclassified by the scores
+    def _keep_misclassified_members(self, rows, images, margins) -> None:
+        """A member the scores call misclassified (margin < 0) is judged; if the criterion agrees, it
+        is a success. margins: [K, P]."""
         best = margins.argmin(dim=1)
         candidate_rows = (margins.gather(1, best[:, None]).squeeze(1) < 0).nonzero().squeeze(1)
         if candidate_rows.numel() == 0:
