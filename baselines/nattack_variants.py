@@ -66,8 +66,8 @@ def targets(names: list[str]) -> dict[str, Defense]:
         if name == "A x1024 (last layer)":
             base = zoo_defense("A")
             built[name] = Defense(ScaledLastLayer(base.model, 1024.0), base.num_classes, name=name)
-        elif name == "D binarized":
-            base = zoo_defense("D")
+        elif name.endswith(" binarized"):
+            base = zoo_defense(name.removesuffix(" binarized"))
             built[name] = Defense(BinarizedInput(base.model), base.num_classes, name=name)
         else:
             built[name] = zoo_defense(name)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
+from benchmark.cascade import adaptive_cell
 from benchmark.data import DataError
 from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
@@ -44,10 +45,16 @@ def _percent(value: float) -> str:
 def _result_rows(result) -> list[list[str]]:
     rows = []
     for row in result.rows():
-        low, high = row["interval"]
         queries = row["median_queries"]
-        rows.append([row["measurement"], row["family"], row["n"], _percent(row["accuracy"]),
-                     f"[{100 * low:.1f}, {100 * high:.1f}]",
+        if row["accuracy"] is None:   # the cascade left NAttack no survivor to attack
+            accuracy, interval = "-", f"no survivor of {row['cascade']['subsample']}"
+        else:
+            low, high = row["interval"]
+            accuracy, interval = _percent(row["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]"
+        name = row["measurement"]
+        if row["cascade"] is not None:
+            name += f" (broke {row['cascade']['broken']} of {row['cascade']['survivors']} survivors)"
+        rows.append([name, row["family"], row["n"], accuracy, interval,
                      "" if queries is None else f"{queries:g}",
                      "" if row["seconds"] is None else f"{row['seconds']:.1f}"])
     return rows
@@ -89,10 +96,19 @@ def format_result(result) -> str:
     lines.append("gradient-masking flags: " + (", ".join(raised) if raised else "none raised"))
     for name in raised:
         lines.append(f"  ! {name}: {record['flags'][name]['evidence']}")
-    if record["budget"] != "full":
-        lines.append(f"note: the {record['budget']} budget is provisional; the leaderboard ranks only "
-                     "full-budget results")
+    ranked = ranked_budgets(record["dataset"])
+    if record["budget"] not in ranked:
+        lines.append(f"note: the {record['budget']} budget is not ranked; the leaderboard ranks the "
+                     f"{' and '.join(ranked) or 'no'} budget{'s' if len(ranked) > 1 else ''}")
     return "\n".join(lines)
+
+
+def ranked_budgets(dataset: str) -> list[str]:
+    """The current spec's ranked budgets of a dataset (none for a dataset it does not define)."""
+    spec = load_spec()
+    if dataset not in spec.datasets:
+        return []
+    return [name for name, budget in spec.dataset(dataset).budgets.items() if budget.ranked]
 
 
 def _describe_source(source) -> str:
@@ -212,11 +228,8 @@ def _raised_flags(record) -> str:
 def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
     rows = []
     for record in records:
-        adaptive = record["attacks"].get("nattack")
         rows.append([record["entry"]["name"], _percent(record["clean"]["accuracy"]),
-                     _worst(record, "white_box"), _worst(record, "transfer"),
-                     "n/a" if adaptive is None else
-                     f"{_percent(adaptive['accuracy'])} ({adaptive['queries']['median']:g} q)",
+                     _worst(record, "white_box"), _worst(record, "transfer"), adaptive_cell(record),
                      _worst(record, "all"), _raised_flags(record)])
     return rows
 

@@ -4,8 +4,8 @@ Flags are a registry: each is a named function of (record, outcomes) with a `mas
 raised masking flag keeps an entry out of the ranking (benchmark.leaderboard). Register another with
 `@register("name", masking=True)`.
 
-Every flag that compares two measurements compares them on the same examples (the first
-`nattack_n` when NAttack is involved, all n otherwise) with an exact paired test: McNemar's exact
+Every flag that compares two measurements compares them on the same examples (NAttack's: its
+subsample, or the first `nattack_n` under spec v1; all n otherwise) with an exact paired test: McNemar's exact
 test on the per-example bits, or for randomized defenses the exact sign test on each example's
 fraction correct over repeats (benchmark.stats.paired_test). A flag is raised when its one-sided
 p-value is below ALPHA = 0.01. A flag made of several comparisons (one per attack) reports the
@@ -99,23 +99,30 @@ def _not_evaluated(evidence: str) -> dict[str, Any]:
     return {"raised": None, "p_value": None, "evidence": evidence}
 
 
-def _bits(outcomes: dict[str, Outcomes], names: list[str], n: int, with_clean: bool) -> np.ndarray:
-    """bool [repeats, n]: correct under every listed measurement (and clean), per example and repeat."""
-    rows = [outcomes[name].correct[:, :n] for name in (["clean"] if with_clean else []) + names]
+def _bits(outcomes: dict[str, Outcomes], names: list[str], columns: np.ndarray, with_clean: bool) -> np.ndarray:
+    """bool [repeats, k]: correct under every listed measurement (and clean), per example and repeat,
+    on the given example indices."""
+    rows = [outcomes[name].correct[:, columns] for name in (["clean"] if with_clean else []) + names]
     return np.logical_and.reduce(rows)
 
 
-def _size(outcomes: dict[str, Outcomes], names: list[str]) -> int:
-    return min(outcomes[name].n for name in names)
+def _columns(outcomes: dict[str, Outcomes], names: list[str]) -> np.ndarray:
+    """The examples every listed measurement ran on: the first min(n), within the adaptive subsample
+    when one of them has it (spec v2)."""
+    chosen = np.ones(min(outcomes[name].n for name in names), dtype=bool)
+    for name in names:
+        if outcomes[name].subsample is not None:
+            chosen &= outcomes[name].subsample[:chosen.size]
+    return np.flatnonzero(chosen)
 
 
 def _compare(outcomes: dict[str, Outcomes], first: tuple[str, list[str]], second: tuple[str, list[str]],
              *, worst_case: bool = False) -> Comparison:
     """Paired test on the examples both sides ran on; a worst case includes the clean input."""
     (first_label, first_names), (second_label, second_names) = first, second
-    n = _size(outcomes, first_names + second_names)
-    test = paired_test(_bits(outcomes, first_names, n, worst_case),
-                       _bits(outcomes, second_names, n, worst_case))
+    columns = _columns(outcomes, first_names + second_names)
+    test = paired_test(_bits(outcomes, first_names, columns, worst_case),
+                       _bits(outcomes, second_names, columns, worst_case))
     return Comparison(first_label, second_label, test)
 
 

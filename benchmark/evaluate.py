@@ -35,7 +35,8 @@ from benchmark.attacks.transfer import (
     TransferSource,
     sources_with_ensemble,
 )
-from benchmark.batches import iterate_batches
+from benchmark.batches import iterate_batches, iterate_example_batches
+from benchmark.cascade import adaptive_subsample, estimate_from_outcomes, survivors
 from benchmark.checks import check_defense_is_consistent
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
@@ -70,7 +71,7 @@ from benchmark.results import (
     write_result,
 )
 from benchmark.sources import load_held_out_sources, transfer_cache_dir
-from benchmark.spec import Budget, DatasetSpec, Spec, load_spec
+from benchmark.spec import AdaptivePolicy, Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
 WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")
@@ -125,7 +126,8 @@ class Result:
 def _row(name: str, family: str, measurement: dict[str, Any]) -> dict[str, Any]:
     return {
         "measurement": name, "family": family, "accuracy": measurement["accuracy"],
-        "interval": tuple(measurement["interval"]), "n": measurement["n"],
+        "interval": None if measurement["interval"] is None else tuple(measurement["interval"]),
+        "n": measurement["n"], "cascade": measurement.get("cascade"),
         "seconds": measurement.get("seconds"),
         "median_queries": measurement.get("queries", {}).get("median"),
     }
@@ -160,10 +162,19 @@ Adversary = Callable[[AttackBatch, PassCounter], tuple[torch.Tensor, torch.Tenso
 class Measurement:
     name: str
     family: str                # clean | white_box | transfer | adaptive | diagnostic
-    n: int                     # runs on the first n examples of the subset
+    n: int                     # outcome columns: the first n examples of the subset
     batch_size: int
     adversary: Adversary
     params: dict[str, Any] = field(default_factory=dict)
+    # The adaptive family under spec v2: its subsample (bool [n]) and whether it attacks only the
+    # survivors of the families before it; `examples` (the indices it attacks) is set when they are known.
+    subsample: np.ndarray | None = None
+    cascade: bool = False
+    examples: np.ndarray | None = None
+
+    def positions(self) -> np.ndarray:
+        """The example indices measured, in order: the first n, or the attacked ones."""
+        return np.arange(self.n) if self.examples is None else self.examples
 
 
 def _clean(batch: AttackBatch, counter: PassCounter):
@@ -211,7 +222,12 @@ def judge_criterion(defense: Defense, repeats: int) -> Callable[[torch.Tensor, t
 
 
 def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, *, seed: int,
-                        batch_size: int, repeats: int = 1, randomized: bool = False) -> Measurement:
+                        batch_size: int, repeats: int = 1, randomized: bool = False,
+                        adaptive: AdaptivePolicy = AdaptivePolicy(), n: int | None = None,
+                        subsample: np.ndarray | None = None) -> Measurement:
+    """NAttack on the first `nattack_n` examples (spec v1), or on a seeded uniform subsample of the n
+    examples, attacking only the survivors of the earlier families when `adaptive.cascade` (v2).
+    `subsample` (bool [n]) replaces the seeded one: the regression replay passes the record's."""
     iterations = budget.nattack_max_iterations or dataset.nattack.max_iterations
     score_draws = dataset.nattack.score_draws if randomized else 1
 
@@ -227,7 +243,14 @@ def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, 
     if not randomized:
         params.pop("score_draws")
     params["search_shape"] = list(params["search_shape"])
-    return Measurement("nattack", "adaptive", budget.nattack_n, batch_size, adversary, params)
+    if adaptive.subsample == "first":
+        return Measurement("nattack", "adaptive", budget.nattack_n, batch_size, adversary, params)
+    n = budget.n if n is None else n
+    if subsample is None:
+        subsample = adaptive_subsample(n, budget.nattack_n, seed)
+    params.update(subsample=adaptive.subsample, subsample_size=int(subsample.sum()), cascade=adaptive.cascade)
+    return Measurement("nattack", "adaptive", n, batch_size, adversary, params, subsample=subsample,
+                       cascade=adaptive.cascade)
 
 
 # ---------------------------------------------------------------- the evaluation loop
@@ -245,6 +268,7 @@ class _Evaluation:
 
     def measure(self, measurement: Measurement) -> tuple[Outcomes, dict[str, Any]]:
         name, n = measurement.name, measurement.n
+        positions = measurement.positions()
         outcomes, finished, costs = self.state.progress(name, self.repeats, n)
         if self.state.done(name):
             return outcomes, costs
@@ -252,21 +276,21 @@ class _Evaluation:
                               costs.get("gradient_checked", 0), costs.get("gradient_missing", 0))
         seconds = costs.get("seconds", 0.0)
         last_save = time.monotonic()
-        owned = self.shard.owned_mask(n, measurement.batch_size)
+        owned = self.shard.owned_mask(len(positions), measurement.batch_size)
         bar = tqdm(total=int(owned.sum()), initial=int(owned[:finished].sum()), desc=f"{name[:28]:>28}",
                    unit="img", disable=not self.progress or not self.shard.is_main, leave=False)
         try:
-            for batch in iterate_batches(self.eval_set, finished, measurement.batch_size, self.device, n,
-                                         shard=self.shard):
+            for stop, batch in iterate_example_batches(self.eval_set, positions, finished,
+                                                       measurement.batch_size, self.device, shard=self.shard):
                 started = time.perf_counter()
-                first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
+                indices = batch.indices.numpy()
                 correct, queries = self._measure_batch(measurement, batch, counter)
-                outcomes.correct[:, first:last] = correct
+                outcomes.correct[:, indices] = correct
                 if queries is not None:
-                    outcomes.queries[first:last] = queries.cpu().numpy()
+                    outcomes.queries[indices] = queries.cpu().numpy()
                 seconds += time.perf_counter() - started
-                finished = last
-                bar.update(last - first)
+                bar.update(len(indices))
+                finished = stop
                 if time.monotonic() - last_save > self.checkpoint_seconds:
                     self.state.update(name, outcomes, finished, _costs(counter, seconds), done=False)
                     last_save = time.monotonic()
@@ -346,6 +370,74 @@ def worst_case(outcomes: dict[str, Outcomes], names: list[str], n: int, confiden
             "measurements": names}
 
 
+def _prior_bits(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]]) -> np.ndarray:
+    """bool [repeats, n]: correct on the clean input and under every white-box and transfer attack."""
+    names = ["clean", *by_family.get("white_box", []), *by_family.get("transfer", [])]
+    return np.logical_and.reduce([outcomes[name].correct for name in names])
+
+
+def adaptive_summary(outcomes: dict[str, Outcomes], name: str, by_family: dict[str, list[str]],
+                     confidence: float) -> dict[str, Any]:
+    """NAttack's accuracy on the examples it attacked, and what it broke beyond the earlier families
+    (`cascade`: how many of the subsample survived them, how many it attacked and broke)."""
+    outcome = outcomes[name]
+    attacked, subsample = outcome.attacked, outcome.subsample
+    alive = survivors(_prior_bits(outcomes, by_family)) & subsample
+    after = outcome.correct.any(axis=0)
+    cascade = {"subsample": int(subsample.sum()), "survivors": int(alive.sum()),
+               "attacked": int(attacked.sum()), "broken": int((alive & attacked & ~after).sum())}
+    if not attacked.any():
+        return {"accuracy": None, "correct": 0, "n": 0, "interval": None, "cascade": cascade}
+    return {**summarize(outcome.correct[:, attacked], confidence), "cascade": cascade}
+
+
+def adaptive_worst_case(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], staged: Outcomes,
+                        confidence: float, *, cascaded: bool) -> dict[str, Any]:
+    """The adaptive family's worst case on its subsample. With the cascade it is cumulative (NAttack
+    attacked only the survivors of the other families); without, NAttack's own."""
+    names = by_family["adaptive"]
+    bits = [outcomes[name].correct for name in names]
+    if cascaded:
+        bits.append(_prior_bits(outcomes, by_family))
+    else:
+        bits.append(outcomes["clean"].correct)
+    definition = ("correct on the clean input and under every attack of every family, on the adaptive "
+                  "subsample (the cascade: NAttack attacked only the survivors of the others)" if cascaded
+                  else "correct on the clean input and under every adaptive attack, on the adaptive subsample")
+    return {**summarize(np.logical_and.reduce(bits)[:, staged.subsample], confidence),
+            "definition": definition, "measurements": names}
+
+
+def estimated_worst_case(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], staged: Outcomes,
+                         confidence: float) -> dict[str, Any]:
+    """The ranking key: the per-example worst case over all families, estimated in two phases
+    (benchmark.cascade) when the adaptive subsample is smaller than the evaluation set."""
+    prior = _prior_bits(outcomes, by_family)
+    final = np.logical_and.reduce([prior, *(outcomes[name].correct for name in by_family["adaptive"])])
+    estimate = estimate_from_outcomes(prior, final, staged.subsample, confidence)
+    subsample = staged.subsample
+    key = {"accuracy": estimate.accuracy, "interval": list(estimate.interval), "n": estimate.n,
+           "subsample": estimate.subsample, "method": estimate.method}
+    if estimate.method == "direct":
+        key.update({k: v for k, v in summarize(final, confidence).items() if k not in key})
+        definition = ("correct on the clean input and under every attack of every family, per example "
+                      "(NAttack on every example that survived the others)")
+    else:
+        definition = ("p * q: p, the worst case over clean, white-box and transfer on all n examples; q, the "
+                      "fraction of the adaptive subsample's survivors that NAttack left correct; interval: "
+                      "the product of both Wilson bounds at confidence 1 - alpha/2 (docs/ranking.md)")
+    key.update(definition=definition, estimate=estimate.as_dict(),
+               measurements=[name for family in FAMILIES for name in by_family[family]])
+    key["families_on_subset"] = {
+        "white_box": float(np.logical_and.reduce([outcomes["clean"].correct, *(
+            outcomes[m].correct for m in by_family["white_box"])])[:, subsample].mean()),
+        "transfer": float(np.logical_and.reduce([outcomes["clean"].correct, *(
+            outcomes[m].correct for m in by_family["transfer"])])[:, subsample].mean()),
+        "all": float(final[:, subsample].mean()),
+    }
+    return key
+
+
 def _queries_summary(queries: np.ndarray) -> dict[str, Any]:
     return {"median": float(np.median(queries)), "mean": float(queries.mean()),
             "max": int(queries.max()), "total": int(queries.sum())}
@@ -414,7 +506,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              checkpoint_seconds: float = 30.0, sources: list[TransferSource] | None = None,
              families: tuple[str, ...] = FAMILIES, precision: str = "float32",
              validated_precision_only: bool = True, memory_format: str = "auto",
-             cudnn_autotune: bool = False) -> Result:
+             cudnn_autotune: bool = False, cascade: bool | None = None,
+             adaptive_examples: np.ndarray | None = None) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
@@ -423,6 +516,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     `precision` other than float32 must have passed `threatbench precision-check` on this device
     (benchmark.precision); only that check itself sets `validated_precision_only=False`.
     `memory_format` and `cudnn_autotune` are the kernel options of benchmark.kernel_tuning.
+    `cascade` overrides the spec's (False: NAttack attacks its whole subsample, a diagnostic);
+    `adaptive_examples` (bool [n]) replaces the seeded adaptive subsample (the regression replay).
     """
     started = time.time()
     spec = spec or load_spec()
@@ -485,9 +580,11 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
             nattack_batch = spec.randomized.nattack_batch_size
         elif requested_batch_size:   # an explicit batch size caps every batch, populations included
             nattack_batch = min(nattack_batch, requested_batch_size)
+        policy = spec.adaptive if cascade is None else dataclasses.replace(spec.adaptive, cascade=cascade)
         measurements.append(nattack_measurement(dataset_spec, budget_spec, defense, seed=seed,
                                                 batch_size=nattack_batch, repeats=repeats,
-                                                randomized=randomized))
+                                                randomized=randomized, adaptive=policy,
+                                                subsample=adaptive_examples))
         family_status["adaptive"] = {"status": "run"}
     if "white_box" in families:
         unbounded = spec.diagnostics
@@ -508,13 +605,17 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     state = EvaluationState.open(state_path_for(out, shard), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
                       progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
-    with precision_context(precision, device), cudnn_autotune_context(tuning):
-        measured = [(m.name, *run.measure(m)) for m in measurements]
     outcomes, costs = {}, {}
-    for name, shard_outcomes, shard_costs in measured:   # the same order in every process
-        outcomes[name], costs[name] = run.gather(shard_outcomes, shard_costs)
-        if not outcomes[name].queries.any():
-            outcomes[name].queries = None
+    with precision_context(precision, device), cudnn_autotune_context(tuning):
+        for m in measurements:   # the same order in every process: gather is collective
+            if m.subsample is not None:
+                m.examples = adaptive_targets(m, outcomes, measurements)
+            outcomes[m.name], costs[m.name] = run.gather(*run.measure(m))
+            if m.subsample is not None:
+                outcomes[m.name] = with_cascade_masks(outcomes[m.name], m, outcomes["clean"])
+    for outcome in outcomes.values():
+        if outcome.queries is not None and not outcome.queries.any():
+            outcome.queries = None
 
     record = build_record(
         spec=spec, dataset_spec=dataset_spec, budget=budget_spec, seed=seed, eval_set=eval_set,
@@ -531,6 +632,25 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     barrier(shard)   # the record is on disk before any process drops its checkpoint
     state.remove()
     return Result(record=record, outcomes=outcomes)
+
+
+def adaptive_targets(measurement: Measurement, outcomes: dict[str, Outcomes],
+                     measurements: list[Measurement]) -> np.ndarray:
+    """The examples the adaptive family attacks: its subsample, and with the cascade only the
+    examples correct in at least one repeat under clean and every white-box and transfer attack."""
+    chosen = measurement.subsample.copy()
+    if measurement.cascade:
+        earlier = [m.name for m in measurements if m.family in ("clean", "white_box", "transfer")]
+        chosen &= survivors(np.logical_and.reduce([outcomes[name].correct for name in earlier]))
+    return np.flatnonzero(chosen)
+
+
+def with_cascade_masks(outcome: Outcomes, measurement: Measurement, clean: Outcomes) -> Outcomes:
+    """The adaptive outcomes with their masks; an example not attacked holds its clean outcome."""
+    attacked = np.zeros(measurement.n, dtype=bool)
+    attacked[measurement.examples] = True
+    correct = np.where(attacked[None, :], outcome.correct, clean.correct)
+    return Outcomes(correct, outcome.queries, subsample=measurement.subsample.copy(), attacked=attacked)
 
 
 def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sources, *, seed, device,
@@ -576,12 +696,19 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
             continue
         measured_costs = dict(costs[m.name])
         checked, missing = measured_costs.pop("gradient_checked", 0), measured_costs.pop("gradient_missing", 0)
-        summary = {"family": m.family, "params": m.params,
-                   **summarize(outcomes[m.name].correct, confidence), **measured_costs}
+        outcome = outcomes[m.name]
+        summary = {"family": m.family, "params": m.params}
+        if outcome.attacked is not None:   # the adaptive family of spec v2: only what it attacked
+            summary.update(adaptive_summary(outcomes, m.name, by_family, confidence))
+        else:
+            summary.update(summarize(outcome.correct, confidence))
+        summary.update(measured_costs)
         if checked:   # the margin-loss PGD watches for examples without any input gradient
             summary["gradient"] = {"missing": int(missing), "n": int(checked)}
-        if outcomes[m.name].queries is not None:
-            summary["queries"] = _queries_summary(outcomes[m.name].queries)
+        queries = outcome.queries if outcome.attacked is None or outcome.queries is None \
+            else outcome.queries[outcome.attacked]
+        if queries is not None and queries.size:
+            summary["queries"] = _queries_summary(queries)
         if m.family == "diagnostic":
             diagnostics[m.name] = summary
         else:
@@ -591,24 +718,33 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         family_status[family]["measurements"] = names
 
     n, nattack_n = len(eval_set), budget.nattack_n
+    staged_measurement = next((m for m in measurements if m.subsample is not None), None)
+    staged = None if staged_measurement is None else outcomes[staged_measurement.name]
     worst = {family: None for family in FAMILIES}
     for family, names in by_family.items():
+        if family == "adaptive" and staged is not None:
+            worst[family] = adaptive_worst_case(outcomes, by_family, staged, confidence,
+                                                cascaded=staged_measurement.cascade)
+            continue
         size = nattack_n if family == "adaptive" else n
         worst[family] = worst_case(outcomes, names, size, confidence,
                                    f"correct on the clean input and under every {family} attack")
     worst["all"] = None
     if all(family_status[f]["status"] == "run" for f in FAMILIES):
-        names = [name for family in FAMILIES for name in by_family[family]]
-        worst["all"] = worst_case(outcomes, names, nattack_n, confidence,
-                                  "correct on the clean input and under every attack of every family, "
-                                  f"on the first {nattack_n} examples (where NAttack ran)")
-        # The same examples per family, so that the gaps between families compare like with like.
-        worst["all"]["families_on_subset"] = {
-            family: summarize(np.logical_and.reduce(
-                [outcomes["clean"].correct[:, :nattack_n],
-                 *(outcomes[m].correct[:, :nattack_n] for m in by_family[family])]), confidence)["accuracy"]
-            for family in FAMILIES
-        }
+        if staged is not None:
+            worst["all"] = estimated_worst_case(outcomes, by_family, staged, confidence)
+        else:
+            names = [name for family in FAMILIES for name in by_family[family]]
+            worst["all"] = worst_case(outcomes, names, nattack_n, confidence,
+                                      "correct on the clean input and under every attack of every family, "
+                                      f"on the first {nattack_n} examples (where NAttack ran)")
+            # The same examples per family, so that the gaps between families compare like with like.
+            worst["all"]["families_on_subset"] = {
+                family: summarize(np.logical_and.reduce(
+                    [outcomes["clean"].correct[:, :nattack_n],
+                     *(outcomes[m].correct[:, :nattack_n] for m in by_family[family])]), confidence)["accuracy"]
+                for family in FAMILIES
+            }
     record = {
         "schema": RESULT_SCHEMA,
         "entry": {**entry.__dict__, "randomized": declared},

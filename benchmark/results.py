@@ -95,10 +95,17 @@ class Outcomes:
 
     `correct` is bool [repeats, n]: one row per repeated prediction (1 row for a deterministic
     defense). `queries` holds the queries used per example, for query-based attacks.
+
+    The adaptive family under spec v2 also carries two bool [n] masks: `subsample`, its seeded
+    subsample of the evaluation set, and `attacked`, the examples it attacked (with the cascade, the
+    subsample's survivors of every earlier family). An example it did not attack holds its clean
+    outcome (docs/ranking.md, "The cascade").
     """
 
     correct: np.ndarray
     queries: np.ndarray | None = None
+    subsample: np.ndarray | None = None
+    attacked: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -115,11 +122,16 @@ def examples_document(outcomes: dict[str, Outcomes]) -> dict[str, Any]:
         entry: dict[str, Any] = {"n": outcome.n, "bits": [encode_bits(row) for row in outcome.correct]}
         if outcome.queries is not None:
             entry["queries"] = [int(q) for q in outcome.queries]
+        for mask in ("subsample", "attacked"):
+            if getattr(outcome, mask) is not None:
+                entry[mask] = encode_bits(getattr(outcome, mask))
         measurements[name] = entry
     return {
         "schema": EXAMPLES_SCHEMA,
         "meaning": "bits[r][i] = 1 when example i of the evaluation subset was classified correctly "
-                   "in repeated prediction r; queries[i] = queries spent on example i",
+                   "in repeated prediction r; queries[i] = queries spent on example i; subsample[i] and "
+                   "attacked[i] = 1 when the adaptive family's subsample holds example i and when it "
+                   "attacked example i",
         "measurements": measurements,
     }
 
@@ -163,9 +175,14 @@ def read_outcomes(record_path: str | os.PathLike) -> dict[str, Outcomes]:
                 queries = np.asarray(queries, dtype=np.int64)
                 if queries.shape != (entry["n"],):
                     raise ValueError(f"{queries.size} query counts for n = {entry['n']}")
+            masks = {mask: decode_bits(entry[mask], entry["n"]) for mask in ("subsample", "attacked")
+                     if mask in entry}
         except (ValueError, TypeError, KeyError) as error:
             raise RecordError(f"{path}: field 'measurements.{name}': {error}") from None
-        outcomes[name] = Outcomes(correct, queries)
+        if "attacked" in masks and "subsample" in masks and (masks["attacked"] & ~masks["subsample"]).any():
+            raise RecordError(f"{path}: field 'measurements.{name}.attacked': an attacked example lies "
+                              "outside the subsample")
+        outcomes[name] = Outcomes(correct, queries, **masks)
     return outcomes
 
 

@@ -25,6 +25,7 @@ SPEC_SCHEMA = "threatbench.spec/1"
 
 WHITE_BOX_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd")
 MARGIN_ATTACKS = ("pgd_margin", "epgd_margin")   # spec v2 on; optional so that v1 stays readable
+BUDGETS = ("quick", "standard", "full")   # standard: spec v2 on; optional so that v1 stays readable
 NATTACK_PARAMETERIZATIONS = ("pixel", "tanh")
 LABEL_MODES = ("true", "least_likely")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -97,11 +98,21 @@ class Diagnostics:
 
 
 @dataclass(frozen=True)
+class AdaptivePolicy:
+    """How the adaptive family is scheduled (docs/ranking.md, "The cascade"). Spec v1 has neither:
+    NAttack ran on the first `nattack_n` examples, whatever the other families found."""
+
+    cascade: bool = False          # attack only the survivors of clean, white-box and transfer
+    subsample: str = "first"       # "first" nattack_n examples, or "uniform": seeded, uniformly random
+
+
+@dataclass(frozen=True)
 class Budget:
     name: str
     n: int
     nattack_n: int
     nattack_max_iterations: int | None = None
+    ranked: bool = False           # records at this budget can be ranked (benchmark.leaderboard)
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,7 @@ class Spec:
     datasets: dict[str, DatasetSpec]
     sha256: str
     path: Path = field(compare=False)
+    adaptive: AdaptivePolicy = AdaptivePolicy()
 
     def dataset(self, name: str) -> DatasetSpec:
         if name not in self.datasets:
@@ -266,7 +278,7 @@ def _parse_nattack(table: dict[str, Any], where: str) -> NAttackParams:
 
 
 def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
-    _check_keys(table, where, {"n", "nattack_n"}, {"nattack_max_iterations"})
+    _check_keys(table, where, {"n", "nattack_n"}, {"nattack_max_iterations", "ranked"})
     n = _int(table["n"], f"{where}.n", minimum=1)
     nattack_n = _int(table["nattack_n"], f"{where}.nattack_n", minimum=1)
     if nattack_n > n:
@@ -274,7 +286,10 @@ def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
     iterations = table.get("nattack_max_iterations")
     if iterations is not None:
         iterations = _int(iterations, f"{where}.nattack_max_iterations", minimum=1)
-    return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations)
+    ranked = table.get("ranked", False)
+    if not isinstance(ranked, bool):
+        raise SpecError(f"{where}.ranked: expected true or false, got {ranked!r}")
+    return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations, ranked=ranked)
 
 
 def _sha256(value: Any, key: str) -> str:
@@ -324,6 +339,14 @@ def _parse_randomized(table: Any) -> RandomizedPolicy:
                             **optional)
 
 
+def _parse_adaptive(table: Any) -> AdaptivePolicy:
+    _check_keys(table, "adaptive", {"cascade", "subsample"})
+    if not isinstance(table["cascade"], bool):
+        raise SpecError(f"adaptive.cascade: expected true or false, got {table['cascade']!r}")
+    return AdaptivePolicy(cascade=table["cascade"],
+                          subsample=_str(table["subsample"], "adaptive.subsample", ("first", "uniform")))
+
+
 def _parse_diagnostics(table: Any) -> Diagnostics:
     _check_keys(table, "diagnostics", {"unbounded_pgd_eps", "unbounded_pgd_examples"})
     return Diagnostics(
@@ -348,8 +371,11 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
         for a in (*WHITE_BOX_ATTACKS, *MARGIN_ATTACKS) if a in attacks_table
     }
     budgets_table = table["budgets"]
-    _check_keys(budgets_table, f"{where}.budgets", {"full", "quick"})
-    budgets = {b: _parse_budget(b, budgets_table[b], f"{where}.budgets.{b}") for b in ("full", "quick")}
+    _check_keys(budgets_table, f"{where}.budgets", {"full", "quick"}, {"standard"})
+    budgets = {b: _parse_budget(b, budgets_table[b], f"{where}.budgets.{b}") for b in BUDGETS
+               if b in budgets_table}
+    if budgets["quick"].ranked:
+        raise SpecError(f"{where}.budgets.quick.ranked: the quick budget is a smoke test and is never ranked")
     architectures = _str_list(table["architectures"], f"{where}.architectures")
     trained = _str(table["trained_architecture"], f"{where}.trained_architecture")
     static_models = _str_list(table["static_models"], f"{where}.static_models")
@@ -385,7 +411,7 @@ def _parse_dataset(name: str, table: dict[str, Any]) -> DatasetSpec:
 
 def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
     _check_keys(document, "", {"schema", "version", "norm", "seed", "confidence", "randomized",
-                               "diagnostics", "datasets"})
+                               "diagnostics", "datasets"}, {"adaptive"})
     schema = _str(document["schema"], "schema")
     if schema != SPEC_SCHEMA:
         raise SpecError(f"schema: this threatbench reads {SPEC_SCHEMA!r}, the file says {schema!r}")
@@ -404,6 +430,7 @@ def parse_spec(document: dict[str, Any], *, sha256: str, path: Path) -> Spec:
         confidence=_float(document["confidence"], "confidence", low=0.5, high=0.999),
         randomized=_parse_randomized(document["randomized"]),
         diagnostics=_parse_diagnostics(document["diagnostics"]),
+        adaptive=_parse_adaptive(document["adaptive"]) if "adaptive" in document else AdaptivePolicy(),
         datasets={name: _parse_dataset(name, t) for name, t in datasets_table.items()},
         sha256=sha256,
         path=path,

@@ -1,0 +1,192 @@
+"""When does NAttack succeed? `python -m baselines.nattack_success_by_iteration [--entries ...]`.
+
+The evidence behind the `standard` budget's NAttack iteration cap (docs/nattack-success-by-iteration.md).
+For each target, the judge first runs clean, white-box and transfer on the first n test images
+(`evaluate` with those two families, so randomized entries get EOT and repeated predictions); the
+survivors are the examples correct under all of them in at least one repeat, exactly the examples
+the cascade hands to NAttack. NAttack (spec v2, pixel space) then runs on them for up to
+`--iterations` iterations, and each example's success iteration is recorded: the smallest cap under
+which the same search would have found it (the search's draws depend only on the example).
+
+One JSON file per target, written atomically after every NAttack batch, so an interrupted run
+resumes where it stopped; `--page` writes the page and its plot from whatever is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from baselines.nattack_variants import targets
+from benchmark.attacks.nattack import nattack
+from benchmark.data import load_evaluation_set
+from benchmark.evaluate import evaluate, judge_criterion
+from benchmark.randomness import seed_model_noise
+from benchmark.results import atomic_write_json
+from benchmark.spec import Budget, load_spec
+
+DATASET = "fashion-mnist"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = ROOT / "leaderboard" / "diagnostics" / "nattack-success-by-iteration"
+PAGE = ROOT / "docs" / "nattack-success-by-iteration.md"
+PLOT = ROOT / "docs" / "nattack-success-by-iteration.svg"
+DEFAULT_N = {"D": 100, "D binarized": 50, "A x1024 (last layer)": 50}
+KEEP = 0.95   # the cap keeps at least this fraction of the successes found by the longest search
+
+
+def survivors(defense, n: int, seed: int) -> tuple[np.ndarray, int]:
+    """Indices among the first n surviving clean, white-box and transfer (any repeat), and repeats."""
+    spec = load_spec()
+    dataset = spec.dataset(DATASET)
+    budget = Budget("success-by-iteration", n=n, nattack_n=n)
+    small = dataclasses.replace(spec, datasets={**spec.datasets, DATASET: dataclasses.replace(
+        dataset, budgets={**dataset.budgets, budget.name: budget})})
+    result = evaluate(defense, DATASET, budget=budget.name, spec=small, seed=seed,
+                      families=("white_box", "transfer"), progress=False)
+    names = ["clean", *(name for name, m in result.record["attacks"].items()
+                        if m["family"] in ("white_box", "transfer"))]
+    alive = np.logical_and.reduce([result.outcomes[name].correct for name in names]).any(axis=0)
+    return np.flatnonzero(alive), result.outcomes["clean"].repeats
+
+
+def measure(name: str, n: int, iterations: int, seed: int, out: Path) -> dict:
+    defense = targets([name])[name]
+    state = json.loads(out.read_text()) if out.is_file() else {}
+    nattack_params = dataclasses.asdict(load_spec().dataset(DATASET).nattack)
+    nattack_params.pop("max_iterations")
+    nattack_params["search_shape"] = list(nattack_params["search_shape"])
+    settings = {"target": name, "n": n, "max_iterations": iterations, "seed": seed}
+    # Resumes across spec edits that leave NAttack alone; the spec's sha256 is kept for the record.
+    if {k: state.get(k) for k in settings} != settings or state.get("nattack", nattack_params) != nattack_params:
+        state = {**settings, "examples": {}}
+    state.update(nattack=nattack_params, spec_sha256=load_spec().sha256)
+    if "survivors" not in state:
+        started = time.perf_counter()
+        alive, repeats = survivors(defense, n, seed)
+        state.update(survivors=[int(i) for i in alive], repeats=repeats,
+                     survivor_seconds=round(time.perf_counter() - started, 1))
+        atomic_write_json(out, state)
+    dataset = load_spec().dataset(DATASET)
+    params = dataclasses.replace(dataset.nattack, max_iterations=iterations)
+    evaluation = load_evaluation_set(DATASET, n)
+    todo = [i for i in state["survivors"] if str(i) not in state["examples"]]
+    batch = 4
+    bar = tqdm(total=len(state["survivors"]), initial=len(state["survivors"]) - len(todo), desc=name[:24])
+    for start in range(0, len(todo), batch):
+        rows = todo[start:start + batch]
+        x = torch.stack([evaluation[i][0] for i in rows])
+        y = evaluation.labels[rows]
+        seed_model_noise(seed, "nattack", rows[0])
+        began = time.perf_counter()
+        result = nattack(defense, x, y, torch.tensor(rows), eps=dataset.eps, params=params, seed=seed,
+                         still_correct=judge_criterion(defense, state["repeats"]),
+                         criterion_queries=state["repeats"])
+        seconds = time.perf_counter() - began
+        for k, i in enumerate(rows):
+            state["examples"][str(i)] = {"success": not bool(result.correct[k]),
+                                         "iterations": int(result.iterations[k]),
+                                         "queries": int(result.queries[k])}
+        state["nattack_seconds"] = round(state.get("nattack_seconds", 0.0) + seconds, 1)
+        atomic_write_json(out, state)
+        bar.update(len(rows))
+    bar.close()
+    return state
+
+
+# ---------------------------------------------------------------- the page
+
+
+def success_iterations(state: dict) -> list[int]:
+    return sorted(e["iterations"] for e in state["examples"].values() if e["success"])
+
+
+def smallest_cap(iterations: list[int], keep: float = KEEP) -> int | None:
+    """The smallest cap under which at least `keep` of these successes are found."""
+    if not iterations:
+        return None
+    ordered = sorted(iterations)
+    return ordered[int(np.ceil(keep * len(ordered))) - 1]
+
+
+def cumulative(iterations: list[int], grid: np.ndarray) -> np.ndarray:
+    ordered = np.sort(np.asarray(iterations))
+    return np.searchsorted(ordered, grid, side="right") / max(1, len(ordered))
+
+
+def plot(states: dict[str, dict], max_iterations: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.arange(0, max_iterations + 1)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    pooled = [i for s in states.values() for i in success_iterations(s)]
+    for name, state in states.items():
+        found = success_iterations(state)
+        if found:
+            axes.step(grid, cumulative(found, grid), where="post", label=f"{name} ({len(found)})")
+    if pooled:
+        axes.step(grid, cumulative(pooled, grid), where="post", color="black", linewidth=2,
+                  label=f"all ({len(pooled)})")
+    axes.axhline(KEEP, color="grey", linestyle=":")
+    axes.set_xlabel("NAttack iteration cap")
+    axes.set_ylabel(f"fraction of successes found by {max_iterations}")
+    axes.set_ylim(0, 1.02)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    matplotlib.rcParams["svg.hashsalt"] = "threatbench"   # stable bytes
+    figure.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(figure)
+
+
+def table(states: dict[str, dict]) -> str:
+    lines = ["| target | examples | survivors (clean, white-box, transfer) | NAttack successes | "
+             "median success iteration | cap keeping 95% | NAttack seconds |", "|---|---|---|---|---|---|---|"]
+    pooled = []
+    for name, state in states.items():
+        found = success_iterations(state)
+        pooled += found
+        measured = len(state["examples"])
+        cap = smallest_cap(found)
+        lines.append(f"| {name} | {state['n']} | {len(state['survivors'])} (NAttack done on {measured}) | "
+                     f"{len(found)} | {np.median(found) if found else '-'} | {cap if cap is not None else '-'} | "
+                     f"{state.get('nattack_seconds', 0):.0f} |")
+    cap = smallest_cap(pooled)
+    lines.append(f"| **all** | | | {len(pooled)} | {np.median(pooled) if pooled else '-'} | "
+                 f"**{cap if cap is not None else '-'}** | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", nargs="+",
+                        default=["D", "D binarized", "A x1024 (last layer)", "A_adv", "A_pni", "A binarized"])
+    parser.add_argument("--n", type=int, default=40, help="first test images per target (some have their own)")
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--page", action="store_true", help="print the table and write the plot only")
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    if not args.page:
+        for name in args.entries:
+            n = DEFAULT_N.get(name, args.n)
+            measure(name, n, args.iterations, args.seed, args.dir / f"{name.replace(' ', '_')}.json")
+    states = {}
+    for path in sorted(args.dir.glob("*.json")):
+        state = json.loads(path.read_text())
+        states[state["target"]] = state
+    if states:
+        plot(states, args.iterations, PLOT)
+        print(table(states))
+
+
+if __name__ == "__main__":
+    main()
