@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def measure(name: str, n: int, iterations: int, seed: int, out: Path) -> dict:
     return state
 
 
+def file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.page:
         for name in args.entries:
             n = DEFAULT_N.get(name, args.n)
-            measure(name, n, args.iterations, args.seed, args.dir / f"{name.replace(' ', '_')}.json")
+            measure(name, n, args.iterations, args.seed, args.dir / f"{file_stem(name)}.json")
     states = {}
     for path in sorted(args.dir.glob("*.json")):
         state = json.loads(path.read_text())
