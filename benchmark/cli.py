@@ -18,6 +18,7 @@ from benchmark.data import DataError
 from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
 from benchmark.kernel_tuning import MEMORY_FORMATS
+from benchmark.leaderboard import ranked_budgets
 from benchmark.spec import WHITE_BOX_ATTACKS, Spec, load_spec
 
 EXIT_USER_ERROR = 2
@@ -96,19 +97,11 @@ def format_result(result) -> str:
     lines.append("gradient-masking flags: " + (", ".join(raised) if raised else "none raised"))
     for name in raised:
         lines.append(f"  ! {name}: {record['flags'][name]['evidence']}")
-    ranked = ranked_budgets(record["dataset"])
+    ranked = ranked_budgets(record["dataset"])   # of the current spec
     if record["budget"] not in ranked:
         lines.append(f"note: the {record['budget']} budget is not ranked; the leaderboard ranks the "
                      f"{' and '.join(ranked) or 'no'} budget{'s' if len(ranked) > 1 else ''}")
     return "\n".join(lines)
-
-
-def ranked_budgets(dataset: str) -> list[str]:
-    """The current spec's ranked budgets of a dataset (none for a dataset it does not define)."""
-    spec = load_spec()
-    if dataset not in spec.datasets:
-        return []
-    return [name for name, budget in spec.dataset(dataset).budgets.items() if budget.ranked]
 
 
 def _describe_source(source) -> str:

@@ -70,6 +70,7 @@ from benchmark.results import (
     examples_path,
     write_result,
 )
+from benchmark.smoothing import SmoothedDefense
 from benchmark.sources import load_held_out_sources, transfer_cache_dir
 from benchmark.spec import AdaptivePolicy, Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
@@ -522,7 +523,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     started = time.time()
     spec = spec or load_spec()
     dataset_spec = spec.dataset(dataset)
-    budget_spec = dataset_spec.budget(budget)
+    budget_spec = dataset_spec.budget(budget).for_entry(smoothed=isinstance(defense, SmoothedDefense))
     seed = spec.seed if seed is None else int(seed)
     device = device_for_rank(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     shard = current_shard(device)

@@ -5,7 +5,8 @@ on the pages, never re-judged: the attacks they were measured with no longer exi
 
 Each recorded (entry, measurement) is re-evaluated on the regression subset, the first
 `REGRESSION_N` examples of the record's own evaluation subset (`REGRESSION_N_RANDOMIZED` for a
-randomized entry; NAttack: the first `REGRESSION_NATTACK_N`, or `..._RANDOMIZED`), and compared with the record's per-example outcomes on those examples.
+randomized entry; NAttack: the first `REGRESSION_NATTACK_N` examples it attacked, or
+`..._RANDOMIZED`), and compared with the record's per-example outcomes on those examples.
 Every random draw is keyed by (seed, measurement, example index), so a deterministic defense on
 the same device type must reproduce the recorded bits exactly; a randomized one (or another
 device type) must agree within the 95% intervals.
@@ -76,6 +77,8 @@ def regression_cases(results_dir: Path = RESULTS_DIR, references_dir: Path | Non
             continue
         measured.add((record["dataset"], record["entry"]["name"]))
         for measurement in ("clean", *record["attacks"]):
+            if record["attacks"].get(measurement, {}).get("cascade", {}).get("attacked") == 0:
+                continue   # the cascade left NAttack nothing to attack: no outcome of its own to replay
             cases.append(RegressionCase(path, record["dataset"], record["entry"]["name"], measurement))
     references = load_references(references_dir or results_dir.parent / "references")
     for dataset, entries in sorted(references.items()):
@@ -131,15 +134,17 @@ def defense_from_record(record: dict[str, Any], spec: Spec, device: torch.device
                           device=device)
 
 
-def regression_spec(spec: Spec, record: dict[str, Any]) -> Spec:
+def regression_spec(spec: Spec, record: dict[str, Any], n: int | None = None) -> Spec:
     """The spec with a `regression` budget: the record's budget cut to the first examples."""
     dataset = spec.dataset(record["dataset"])
     recorded = dataset.budget(record["budget"])
     randomized = record["randomness"]["attacked_as_randomized"]
-    n = REGRESSION_N_RANDOMIZED if randomized else REGRESSION_N
+    if n is None:
+        n = REGRESSION_N_RANDOMIZED if randomized else REGRESSION_N
     nattack_n = REGRESSION_NATTACK_N_RANDOMIZED if randomized else REGRESSION_NATTACK_N
     budget = dataclasses.replace(recorded, name=REGRESSION_BUDGET, n=min(n, record["n"]),
-                                 nattack_n=min(nattack_n, record["nattack_n"]))
+                                 nattack_n=min(nattack_n, record["nattack_n"]),
+                                 smoothed_n=None, smoothed_nattack_n=None)   # n is the record's own already
     dataset = dataclasses.replace(dataset, budgets={**dataset.budgets, REGRESSION_BUDGET: budget})
     return dataclasses.replace(spec, datasets={**spec.datasets, record["dataset"]: dataset})
 
@@ -153,19 +158,22 @@ def _device_for(record: dict[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
-@cache
-def replay(record_path: Path) -> dict[str, np.ndarray]:
-    """Re-evaluate a record's entry on the regression subset: {measurement: bool [repeats, k]}."""
+def adaptive_replay_examples(record: dict[str, Any], outcomes: dict[str, Any]) -> np.ndarray | None:
+    """The examples whose NAttack outcome a replay re-measures: the record's first attacked ones (its
+    subsample under spec v2 is spread over all n). None for a spec v1 record (its first examples)."""
+    nattack = outcomes.get("nattack")
+    if nattack is None or nattack.attacked is None:
+        return None
+    randomized = record["randomness"]["attacked_as_randomized"]
+    count = REGRESSION_NATTACK_N_RANDOMIZED if randomized else REGRESSION_NATTACK_N
+    return np.flatnonzero(nattack.attacked)[:count]
+
+
+def _replay_evaluation(record: dict[str, Any], spec: Spec, device: torch.device, families: tuple[str, ...],
+                       **options: Any) -> dict[str, Any]:
     from benchmark.evaluate import EntryInfo, evaluate
 
-    record = load_record(record_path)
-    device = _device_for(record)
-    spec = regression_spec(load_spec(), record)
-    if spec.version != record["spec"]["version"]:
-        raise MissingResource(f"the record is of spec {record['spec']['version']}, this threatbench "
-                              f"judges with {spec.version}")
     defense = defense_from_record(record, spec, device)
-    families = tuple(name for name, status in record["families"].items() if status.get("status") == "run")
     with tempfile.TemporaryDirectory() as directory:
         try:
             evaluate(defense, record["dataset"], budget=REGRESSION_BUDGET, seed=record["seed"],
@@ -173,25 +181,59 @@ def replay(record_path: Path) -> dict[str, np.ndarray]:
                      batch_size=record["provenance"].get("batch_size"), spec=spec, progress=False,
                      entry=EntryInfo(name=record["entry"]["name"]), families=families,
                      memory_format=record["provenance"].get("memory_format", "contiguous"),
-                     cudnn_autotune=record["provenance"].get("cudnn_autotune", False))
+                     cudnn_autotune=record["provenance"].get("cudnn_autotune", False), **options)
         except DataError as error:
             raise MissingResource(f"the {record['dataset']} data directory is missing: {error}") from None
-        replayed = read_outcomes(Path(directory) / "regression.json")
-    return {name: outcome.correct for name, outcome in replayed.items()}
+        return read_outcomes(Path(directory) / "regression.json")
+
+
+@cache
+def replay(record_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Re-evaluate a record's entry on the regression subset:
+    {measurement: (example indices, bool [repeats, k] outcomes on them)}.
+
+    Under spec v2 NAttack is replayed apart, without the cascade, on the record's first attacked
+    examples (`adaptive_replay_examples`): they survived the other families in the record, so the
+    cascade attacked them there, and per-example draws make the search the same."""
+    record = load_record(record_path)
+    device = _device_for(record)
+    spec = regression_spec(load_spec(), record)
+    if spec.version != record["spec"]["version"]:
+        raise MissingResource(f"the record is of spec {record['spec']['version']}, this threatbench "
+                              f"judges with {spec.version}")
+    families = tuple(name for name, status in record["families"].items() if status.get("status") == "run")
+    chosen = adaptive_replay_examples(record, read_outcomes(record_path))
+    replayed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    first = tuple(f for f in families if f != "adaptive") if chosen is not None else families
+    if first:
+        outcomes = _replay_evaluation(record, spec, device, first)
+        for name, outcome in outcomes.items():
+            replayed[name] = (np.arange(outcome.n), outcome.correct)
+    if chosen is not None and "adaptive" in families:
+        n = int(chosen[-1]) + 1 if chosen.size else 1
+        mask = np.zeros(n, dtype=bool)
+        mask[chosen] = True
+        spec = regression_spec(load_spec(), record, n=n)
+        outcomes = _replay_evaluation(record, spec, device, ("adaptive",), cascade=False, adaptive_examples=mask)
+        replayed["nattack"] = (chosen, outcomes["nattack"].correct[:, chosen])
+    return replayed
 
 
 def compare(record_path: Path, measurement: str) -> None:
     """Assert the replayed outcomes of one measurement agree with the recorded ones."""
     record = load_record(record_path)
-    replayed = replay(record_path)[measurement]
+    columns, replayed = replay(record_path)[measurement]
     k = replayed.shape[1]
-    recorded = read_outcomes(record_path)[measurement].correct[:, :k]
+    recorded = read_outcomes(record_path)[measurement].correct[:, columns]
+    assert k > 0, f"{record['entry']['name']} {measurement}: nothing was replayed"
     exact = (not record["randomness"]["attacked_as_randomized"]
              and _device_for(record).type == record["provenance"].get("device", "cpu").split(":")[0])
     if exact:
         differing = np.flatnonzero(replayed[0] != recorded[0])
+        where = (f"of the first {k}" if np.array_equal(columns, np.arange(k))
+                 else f"(by index in the evaluation subset) of the {k} replayed")
         assert differing.size == 0, (
-            f"{record['entry']['name']} {measurement}: examples {differing.tolist()} of the first {k} "
+            f"{record['entry']['name']} {measurement}: examples {columns[differing].tolist()} {where} "
             f"changed outcome ({int(recorded[0].sum())} correct recorded, {int(replayed[0].sum())} now)")
         return
     recorded_interval = wilson_interval(int(round(recorded.sum(axis=1).mean())), k)

@@ -6,6 +6,8 @@ dotted key, so a typo can never silently change the threat model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import sys
 from dataclasses import dataclass, field
@@ -113,6 +115,17 @@ class Budget:
     nattack_n: int
     nattack_max_iterations: int | None = None
     ranked: bool = False           # records at this budget can be ranked (benchmark.leaderboard)
+    # A smoothed entry pays its m forward passes on every query and every prediction, so a budget
+    # may give it fewer examples; only the sample sizes differ, never what is measured.
+    smoothed_n: int | None = None
+    smoothed_nattack_n: int | None = None
+
+    def for_entry(self, smoothed: bool) -> Budget:
+        """The budget an entry gets: its smoothed sample sizes for a smoothed entry."""
+        if not smoothed or self.smoothed_n is None:
+            return self
+        return dataclasses.replace(self, n=self.smoothed_n, nattack_n=self.smoothed_nattack_n,
+                                   smoothed_n=None, smoothed_nattack_n=None)
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,9 @@ class DatasetSpec:
     nattack: NAttackParams
     budgets: dict[str, Budget]
     preprocessing: Preprocessing | None = None
+
+    def ranked_budgets(self) -> list[str]:
+        return [name for name, budget in self.budgets.items() if budget.ranked]
 
     def budget(self, name: str) -> Budget:
         if name not in self.budgets:
@@ -278,7 +294,8 @@ def _parse_nattack(table: dict[str, Any], where: str) -> NAttackParams:
 
 
 def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
-    _check_keys(table, where, {"n", "nattack_n"}, {"nattack_max_iterations", "ranked"})
+    _check_keys(table, where, {"n", "nattack_n"},
+                {"nattack_max_iterations", "ranked", "smoothed_n", "smoothed_nattack_n"})
     n = _int(table["n"], f"{where}.n", minimum=1)
     nattack_n = _int(table["nattack_n"], f"{where}.nattack_n", minimum=1)
     if nattack_n > n:
@@ -289,7 +306,16 @@ def _parse_budget(name: str, table: dict[str, Any], where: str) -> Budget:
     ranked = table.get("ranked", False)
     if not isinstance(ranked, bool):
         raise SpecError(f"{where}.ranked: expected true or false, got {ranked!r}")
-    return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations, ranked=ranked)
+    if ("smoothed_n" in table) != ("smoothed_nattack_n" in table):
+        raise SpecError(f"{where}: 'smoothed_n' and 'smoothed_nattack_n' go together")
+    smoothed = {}
+    if "smoothed_n" in table:
+        smoothed["smoothed_n"] = _int(table["smoothed_n"], f"{where}.smoothed_n", minimum=1)
+        smoothed["smoothed_nattack_n"] = _int(table["smoothed_nattack_n"], f"{where}.smoothed_nattack_n", minimum=1)
+        if smoothed["smoothed_nattack_n"] > smoothed["smoothed_n"]:
+            raise SpecError(f"{where}.smoothed_nattack_n: must not exceed smoothed_n ({smoothed['smoothed_n']})")
+    return Budget(name=name, n=n, nattack_n=nattack_n, nattack_max_iterations=iterations, ranked=ranked,
+                  **smoothed)
 
 
 def _sha256(value: Any, key: str) -> str:

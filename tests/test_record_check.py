@@ -48,7 +48,7 @@ def test_a_valid_copy_loads(record_copy):
     (lambda r: r["clean"].update(accuracy="0.9"), "'clean.accuracy': expected a number, got '0.9'"),
     (lambda r: r["attacks"]["fgsm"].pop("interval"), "'attacks.fgsm.interval': missing"),
     (lambda r: r.pop("subset_sha256"), "'subset_sha256': missing"),
-    (lambda r: r.update(budget="huge"), "'budget': 'huge' is not one of quick, full"),
+    (lambda r: r.update(budget="huge"), "'budget': 'huge' is not one of quick, standard, full"),
     (lambda r: r["attacks"]["pgd"].update(accuracy=1.5), "'attacks.pgd.accuracy': 1.5 is outside"),
     (lambda r: r["clean"].update(interval=[0.1, 0.2]), "'clean.interval': [0.1, 0.2] does not contain"),
     (lambda r: r["families"].pop("transfer"), "'families.transfer': missing"),
