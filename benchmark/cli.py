@@ -19,7 +19,7 @@ from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
 from benchmark.kernel_tuning import MEMORY_FORMATS
 from benchmark.leaderboard import ranked_budgets
-from benchmark.spec import WHITE_BOX_ATTACKS, Spec, load_spec
+from benchmark.spec import BUDGETS, WHITE_BOX_ATTACKS, Spec, load_spec
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -143,10 +143,20 @@ def format_spec(spec: Spec, dataset: str | None = None) -> str:
                                headers=["nattack population", "sigma", "lr", "max iterations",
                                         "check every", "search shape", "search space",
                                         "score draws (randomized)"], tablefmt="github"))
-        blocks.append(tabulate([[b.name, b.n, b.nattack_n, b.nattack_max_iterations or n.max_iterations]
+        blocks.append(tabulate([[b.name, "yes" if b.ranked else "no", b.n, b.nattack_n,
+                                 b.nattack_max_iterations or n.max_iterations,
+                                 "-" if b.smoothed_n is None else f"{b.smoothed_n} ({b.smoothed_nattack_n})"]
                                 for b in d.budgets.values()],
-                               headers=["budget", "n", "nattack n", "nattack iterations"],
+                               headers=["budget", "ranked", "n", "nattack subsample", "nattack iterations",
+                                        "smoothed entries: n (subsample)"],
                                tablefmt="github"))
+    cascade = ("NAttack attacks only the examples that survived clean, white-box and transfer (the cascade)"
+               if spec.adaptive.cascade else "NAttack attacks every example of its subsample")
+    subsample = ("a seeded, uniformly random subsample" if spec.adaptive.subsample == "uniform"
+                 else "the first examples")
+    blocks.append(f"\nadaptive family: {cascade}, on {subsample} of the n; the ranking key is "
+                  + ("estimated as p * q (docs/ranking.md)" if spec.adaptive.subsample == "uniform"
+                     else "the worst case on that subsample"))
     return "\n".join(blocks)
 
 
@@ -183,7 +193,8 @@ def command_evaluate(args) -> int:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
-                      progress=not args.no_progress, families=families, **_numerics(args))
+                      progress=not args.no_progress, families=families, **_numerics(args),
+                      **_cascade(args))
     if is_main_process():
         print(format_result(result))
         print(f"\nrecord written to {out} ({result.record['provenance']['processes']} process(es))")
@@ -196,6 +207,39 @@ def _run_budget(args, device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         return "full", "a GPU is available"
     return "quick", "no GPU found: the full budget takes hours per entry on a CPU; --budget full forces it"
+
+
+def expected_duration(dataset: str, names: list[str], budget: str) -> str:
+    """How long these entries took when their committed records were measured, as a guide."""
+    from benchmark.leaderboard import LEADERBOARD_DIR
+    from benchmark.results import RecordError, read_record
+
+    took, devices, missing, total = [], set(), [], 0.0
+    for name in names:
+        path = LEADERBOARD_DIR / "results" / dataset / f"{name}-{budget}.json"
+        try:
+            record = read_record(path)
+            seconds = float(record["provenance"]["total_seconds"])
+        except (RecordError, KeyError, TypeError, ValueError):
+            missing.append(name)
+            continue
+        took.append(f"{name} {seconds / 60:.0f} min")
+        total += seconds
+        devices.add(f"{record['provenance'].get('processes', 1)} x {record['provenance'].get('device_name', '?')}")
+    if not took:
+        return f"(no committed {budget} record of these entries to say how long they take)"
+    text = (f"committed {budget} records of these entries took {total / 3600:.1f} h of wall time in all on "
+            f"{', '.join(sorted(devices))} ({'; '.join(took)})")
+    return text + (f"; no record yet for {', '.join(missing)}" if missing else "")
+
+
+def _cascade(args) -> dict[str, Any]:
+    """--no-cascade: NAttack on its whole subsample (a diagnostic; the record says so);
+    --checkpoint-dir: where the resumable checkpoint goes."""
+    options: dict[str, Any] = {"cascade": False} if getattr(args, "no_cascade", False) else {}
+    if getattr(args, "checkpoint_dir", None):
+        options["checkpoint_dir"] = Path(args.checkpoint_dir)
+    return options
 
 
 def _zoo_entry_info(entry):
@@ -242,6 +286,7 @@ def command_run(args) -> int:
     dataset = spec.dataset(zoo.dataset)
     say(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
           f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes")
+    say(expected_duration(zoo.dataset, [entry.name for entry in entries], budget))
     records = []
     for entry in entries:
         check_recipe(entry)
@@ -251,7 +296,8 @@ def command_run(args) -> int:
         say(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
         result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
                           data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
-                          progress=not args.no_progress, families=families, **_numerics(args))
+                          progress=not args.no_progress, families=families, **_numerics(args),
+                          **_cascade(args))
         say(format_result(result))
         records.append(result.record)
     say(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
@@ -666,6 +712,14 @@ def _numerics(args) -> dict[str, Any]:
             "cudnn_autotune": args.cudnn_autotune}
 
 
+NO_CASCADE_HELP = ("diagnostic: NAttack attacks every example of its subsample, not only the survivors of "
+                   "the other families (same per-example worst case, many more queries; recorded)")
+
+
+CHECKPOINT_DIR_HELP = ("keep the resumable checkpoint in this directory (default: hidden beside the record); "
+                       "commit it to resume on another machine (docs/long-evaluations.md)")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     _add_runtime(parser)
     parser.add_argument("--seed", type=int, help="default: the spec's seed")
@@ -680,9 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "the table")
     run.add_argument("--dataset", default="fashion-mnist", help="whose zoo (baselines/zoo/<dataset>.toml)")
     run.add_argument("--entries", help="comma-separated zoo entries (default: all)")
-    run.add_argument("--budget", choices=["quick", "full"], help="default: full on a GPU, else quick")
+    run.add_argument("--budget", choices=list(BUDGETS), help="default: full on a GPU, else quick")
     run.add_argument("--families", default="white_box,transfer,adaptive",
                      help="comma-separated subset of white_box,transfer,adaptive")
+    run.add_argument("--no-cascade", action="store_true", help=NO_CASCADE_HELP)
+    run.add_argument("--checkpoint-dir", help=CHECKPOINT_DIR_HELP)
     run.add_argument("--out-dir", default="threatbench-results",
                      help="records go to <out-dir>/<dataset>/<entry>-<budget>.json")
     run.add_argument("--seed", type=int, help="default: the spec's seed")
@@ -710,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--arch", required=True, help="mnist_a..mnist_d, resnet20, wrn34_10, timm:<name>")
     evaluate.add_argument("--weights", required=True, help="a .safetensors file")
     evaluate.add_argument("--sha256", help="expected sha256 of the weights file")
-    evaluate.add_argument("--budget", choices=["quick", "full"], default="quick")
+    evaluate.add_argument("--budget", choices=list(BUDGETS), default="quick")
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--name", help="entry name in the record (default: the architecture)")
     evaluate.add_argument("--randomized", action="store_true", help="declare the defense randomized")
@@ -718,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--families", default="white_box,transfer,adaptive",
                           help="comma-separated subset of white_box,transfer,adaptive (a record that "
                                "lacks a family has no overall worst case and is never ranked)")
+    evaluate.add_argument("--no-cascade", action="store_true", help=NO_CASCADE_HELP)
+    evaluate.add_argument("--checkpoint-dir", help=CHECKPOINT_DIR_HELP)
     _add_common(evaluate)
     _add_numerics(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
@@ -737,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="check the papers' claims on our baselines and "
                                     "write leaderboard/reproductions/<dataset>.md")
     reproduce.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist"])
-    reproduce.add_argument("--budget", choices=["quick", "full"], default="quick")
+    reproduce.add_argument("--budget", choices=list(BUDGETS), default="quick")
     reproduce.add_argument("--evaluate", action="store_true",
                            help="measure what has no record yet (else only render the page)")
     reproduce.add_argument("--only", help="comma-separated planned models / sweeps to measure")
@@ -769,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--dataset", required=True)
     matrix.add_argument("--model", action="append", default=[], help="NAME=ARCH@WEIGHTS.safetensors")
     matrix.add_argument("--attack", help="one of fgsm, rand_fgsm, ifgsm, pgd (default: all)")
-    matrix.add_argument("--budget", choices=["quick", "full"], default="quick")
+    matrix.add_argument("--budget", choices=list(BUDGETS), default="quick")
     _add_common(matrix)
     matrix.set_defaults(handler=command_transfer_matrix)
 
@@ -809,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             command.add_argument("--n", type=int, default=200, help="test images for clean accuracy")
         else:
-            command.add_argument("--budget", choices=["quick", "full"],
+            command.add_argument("--budget", choices=list(BUDGETS),
                                  help="default: full on a GPU, else quick (labelled provisional)")
             command.add_argument("--out-dir", default="threatbench-results",
                                  help="the record goes to <out-dir>/<dataset>/<name>-<budget>.json "

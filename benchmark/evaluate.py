@@ -451,11 +451,14 @@ def configuration_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def state_path_for(out: Path | None, shard: Shard = SINGLE) -> Path | None:
-    """The checkpoint beside the record; one per process when sharded."""
+def state_path_for(out: Path | None, shard: Shard = SINGLE, checkpoint_dir: Path | None = None) -> Path | None:
+    """The checkpoint: hidden beside the record, or `<checkpoint_dir>/<record stem>.state.json` (a
+    directory meant to be committed, docs/long-evaluations.md); one per process when sharded."""
     if out is None:
         return None
     part = f".shard{shard.rank}of{shard.world_size}" if shard.sharded else ""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir) / f"{out.stem}{part}.state.json"
     return out.with_name(f".{out.stem}{part}.state.json")
 
 
@@ -508,7 +511,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              families: tuple[str, ...] = FAMILIES, precision: str = "float32",
              validated_precision_only: bool = True, memory_format: str = "auto",
              cudnn_autotune: bool = False, cascade: bool | None = None,
-             adaptive_examples: np.ndarray | None = None) -> Result:
+             adaptive_examples: np.ndarray | None = None, checkpoint_dir: str | Path | None = None) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
@@ -519,6 +522,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     `memory_format` and `cudnn_autotune` are the kernel options of benchmark.kernel_tuning.
     `cascade` overrides the spec's (False: NAttack attacks its whole subsample, a diagnostic);
     `adaptive_examples` (bool [n]) replaces the seeded adaptive subsample (the regression replay).
+    `checkpoint_dir` holds the checkpoint instead of a hidden file beside `out`, so that it can be
+    committed and resumed on another machine (docs/long-evaluations.md).
     """
     started = time.time()
     spec = spec or load_spec()
@@ -603,7 +608,9 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
                             **tuning.as_provenance(),
                             measurements=[(m.name, m.n, m.params) for m in measurements],
                             **({"shard": [shard.rank, shard.world_size]} if shard.sharded else {}))
-    state = EvaluationState.open(state_path_for(out, shard), key)
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    state = EvaluationState.open(state_path_for(out, shard, checkpoint_dir), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
                       progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
     outcomes, costs = {}, {}

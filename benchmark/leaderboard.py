@@ -398,10 +398,12 @@ as superseded and never ranked.
 ## Reproduce a row
 
 `threatbench evaluate --dataset <dataset> --arch <arch> --weights <file> --sha256 <sha256>
---budget full` re-runs an entry; for the baselines, `threatbench run --entries <name> --budget
-full`; for a Hub submission, `threatbench submission evaluate submissions/<name>.yaml --budget
-full` (see `submissions/README.md`). The record lands in `leaderboard/results/<dataset>/` and `threatbench leaderboard`
-regenerates these pages.
+--budget <budget>` re-runs an entry at the row's budget; for the baselines, `threatbench run
+--entries <name> --budget <budget>`; for a Hub submission, `threatbench submission evaluate
+submissions/<name>.yaml --budget <budget>` (see `submissions/README.md`). The record lands in
+`leaderboard/results/<dataset>/` and `threatbench leaderboard` regenerates these pages. An
+evaluation that spans several machines resumes from its checkpoint committed beside the record
+([docs/long-evaluations.md](../docs/long-evaluations.md)).
 """
 
 

@@ -138,6 +138,30 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained_mlp, quick_r
     assert not (tmp_path / ".r.state.json").exists()
 
 
+def test_a_committed_checkpoint_resumes_on_another_machine(trained_mlp, quick_result, tmp_path, monkeypatch):
+    """The checkpoint in --checkpoint-dir is all a fresh clone needs: copied elsewhere (a new machine
+    with another working directory), the same evaluation resumes from it."""
+    import shutil
+
+    defense = Defense(trained_mlp, 10, name="mlp")
+    first, second = tmp_path / "machine-1", tmp_path / "machine-2"
+    first.mkdir()
+    monkeypatch.setattr(evaluate_module, "run_white_box", _InterruptingAttacks(interrupt_at=("pgd_margin", 2)))
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(defense, first, checkpoint_seconds=0.0, checkpoint_dir=first / "in-progress")
+    assert (first / "in-progress" / "r.state.json").is_file() and not (first / ".r.state.json").exists()
+    shutil.copytree(first / "in-progress", second / "in-progress")   # what `git clone` brings back
+
+    counting = _InterruptingAttacks()
+    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    resumed = _evaluate(defense, second, checkpoint_seconds=0.0, checkpoint_dir=second / "in-progress")
+    assert counting.calls == {"pgd_margin": 4, "pgd": 1}, "pgd_margin's 4 unfinished batches, then the " \
+        "eps = 1 diagnostic (a pgd); every finished measurement comes from the copied checkpoint"
+    for name, outcomes in quick_result[0].outcomes.items():
+        assert np.array_equal(outcomes.correct, resumed.outcomes[name].correct), name
+    assert not (second / "in-progress" / "r.state.json").exists(), "a finished record drops its checkpoint"
+
+
 def test_a_state_from_another_configuration_is_not_reused(trained_mlp, tmp_path, monkeypatch):
     defense = Defense(trained_mlp, 10, name="mlp")
     monkeypatch.setattr(evaluate_module, "run_white_box", _InterruptingAttacks(("ifgsm", 1)))
