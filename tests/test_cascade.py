@@ -174,3 +174,28 @@ def test_the_cascade_leaves_every_per_example_worst_case_unchanged(with_and_with
     assert cascaded.record["worst_case"]["all"]["estimate"] == full.record["worst_case"]["all"]["estimate"]
     spent = {key: r.record["attacks"]["nattack"]["queries"]["total"] for key, (r, _) in with_and_without.items()}
     assert spent[True] < spent[False], f"the cascade spent {spent[True]} queries, without it {spent[False]}"
+
+
+@requires_fashion
+def test_a_cascaded_standard_record_is_ranked_with_its_sizes_and_what_nattack_broke(trained_mlp, tmp_path):
+    from benchmark.leaderboard import render_pages
+
+    spec = load_spec()
+    dataset = spec.dataset("fashion-mnist")
+    standard = dataclasses.replace(dataset.budgets["standard"], n=80, nattack_n=40, nattack_max_iterations=5)
+    spec = dataclasses.replace(spec, datasets={**spec.datasets, "fashion-mnist": dataclasses.replace(
+        dataset, budgets={**dataset.budgets, "standard": standard})})
+    out = tmp_path / "results" / "fashion-mnist" / "mlp-standard.json"
+    out.parent.mkdir(parents=True)
+    result = evaluate(Defense(trained_mlp, 10, name="mlp"), "fashion-mnist", budget="standard", spec=spec,
+                      out=out, progress=False, entry=EntryInfo(name="mlp", architecture="test-mlp"))
+    key = result.record["worst_case"]["all"]
+    assert key["method"] == "two-phase" and key["n"] == 80 and key["subsample"] == 40
+    cascade = result.record["attacks"]["nattack"]["cascade"]
+    page = render_pages(tmp_path / "results", spec.version)["fashion-mnist.md"]
+    ranked = page.split("## Ranked: the standard budget")[1].split("##")[0]
+    row = next(line for line in ranked.splitlines() if line.startswith("| 1 |"))
+    assert f"broke {cascade['broken']} of {cascade['survivors']} survivors" in row
+    low, high = key["interval"]
+    assert f"{100 * key['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | 80 (40) |" in row
+    assert f"| standard | {spec.version} |" in row
