@@ -128,3 +128,45 @@ def adaptive_cell(record: dict[str, Any]) -> str:
         return f"broke {cascade['broken']} of {cascade['survivors']} survivors{spent}"
     return (f"{100 * nattack['accuracy']:.1f} on {cascade['attacked']}, broke {cascade['broken']} of "
             f"{cascade['survivors']} survivors{spent}")
+
+
+def cascade_stages(clean: np.ndarray, families: list[tuple[str, np.ndarray]],
+                   adaptive: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> list[dict[str, Any]]:
+    """What each family of the cascade attacked and broke beyond the families before it.
+
+    clean: bool [repeats, n]; families: (name, bool [repeats, n] worst case of the family) in cascade
+    order; adaptive: (bits, subsample, attacked) of NAttack. An example survives a stage when it is
+    still correct in at least one repeat; "broken" counts survivors of the earlier stages that no
+    longer survive."""
+    alive = survivors(clean)
+    stages = [{"family": "clean", "examples": int(alive.size), "survivors": int(alive.sum())}]
+    bits = np.asarray(clean, dtype=bool)
+    for name, family in families:
+        bits = bits & family
+        after = survivors(bits)
+        stages.append({"family": name, "attacked": int(alive.size), "broken": int((alive & ~after).sum()),
+                       "survivors": int(after.sum())})
+        alive = after
+    if adaptive is not None:
+        nattack, subsample, attacked = adaptive
+        before = alive & subsample
+        after = survivors(bits & nattack) & subsample
+        stages.append({"family": "adaptive", "subsample": int(subsample.sum()),
+                       "survivors_in_subsample": int(before.sum()), "attacked": int(attacked.sum()),
+                       "broken": int((before & ~after).sum()), "survivors": int(after.sum())})
+    return stages
+
+
+def describe_cascade(stages: list[dict[str, Any]]) -> str:
+    """One line: what each stage of a record's cascade broke and left."""
+    words = {"white_box": "white-box", "transfer": "transfer", "adaptive": "NAttack"}
+    parts = []
+    for stage in stages:
+        if stage["family"] == "clean":
+            parts.append(f"clean {stage['survivors']} of {stage['examples']} correct")
+        elif stage["family"] == "adaptive":
+            parts.append(f"NAttack broke {stage['broken']} of the {stage['survivors_in_subsample']} survivors "
+                         f"in its subsample of {stage['subsample']} ({stage['attacked']} attacked)")
+        else:
+            parts.append(f"{words[stage['family']]} broke {stage['broken']} ({stage['survivors']} left)")
+    return "; ".join(parts)

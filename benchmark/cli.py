@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from benchmark.cascade import adaptive_cell
+from benchmark.cascade import adaptive_cell, describe_cascade
 from benchmark.data import DataError
 from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
@@ -80,6 +80,8 @@ def format_result(result) -> str:
     for name, diagnostic in record.get("diagnostics", {}).items():
         lines.append(f"diagnostic {name} (eps {diagnostic['params'].get('eps', '?')}, n = "
                      f"{diagnostic['n']}): accuracy {_percent(diagnostic['accuracy'])}%")
+    if record.get("cascade"):
+        lines.append("cascade: " + describe_cascade(record["cascade"]))
     for family, status in record["families"].items():
         if status["status"] != "run":
             lines.append(f"{family} family not run: {status['reason']}")

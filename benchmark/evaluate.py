@@ -36,7 +36,7 @@ from benchmark.attacks.transfer import (
     sources_with_ensemble,
 )
 from benchmark.batches import iterate_batches, iterate_example_batches
-from benchmark.cascade import adaptive_subsample, estimate_from_outcomes, survivors
+from benchmark.cascade import adaptive_subsample, cascade_stages, estimate_from_outcomes, survivors
 from benchmark.checks import check_defense_is_consistent
 from benchmark.data import load_evaluation_set
 from benchmark.defense import Defense, probe_randomness
@@ -371,6 +371,11 @@ def worst_case(outcomes: dict[str, Outcomes], names: list[str], n: int, confiden
             "measurements": names}
 
 
+def _family_bits(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], family: str) -> np.ndarray:
+    """bool [repeats, n]: correct under every attack of one family."""
+    return np.logical_and.reduce([outcomes[name].correct for name in by_family[family]])
+
+
 def _prior_bits(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]]) -> np.ndarray:
     """bool [repeats, n]: correct on the clean input and under every white-box and transfer attack."""
     names = ["clean", *by_family.get("white_box", []), *by_family.get("transfer", [])]
@@ -429,11 +434,11 @@ def estimated_worst_case(outcomes: dict[str, Outcomes], by_family: dict[str, lis
                       "the product of both Wilson bounds at confidence 1 - alpha/2 (docs/ranking.md)")
     key.update(definition=definition, estimate=estimate.as_dict(),
                measurements=[name for family in FAMILIES for name in by_family[family]])
+    # The same examples per family, so that the gaps between families compare like with like.
     key["families_on_subset"] = {
-        "white_box": float(np.logical_and.reduce([outcomes["clean"].correct, *(
-            outcomes[m].correct for m in by_family["white_box"])])[:, subsample].mean()),
-        "transfer": float(np.logical_and.reduce([outcomes["clean"].correct, *(
-            outcomes[m].correct for m in by_family["transfer"])])[:, subsample].mean()),
+        **{family: float(np.logical_and.reduce([outcomes["clean"].correct, *(
+            outcomes[m].correct for m in by_family[family])])[:, subsample].mean())
+           for family in ("white_box", "transfer")},
         "all": float(final[:, subsample].mean()),
     }
     return key
@@ -511,7 +516,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              families: tuple[str, ...] = FAMILIES, precision: str = "float32",
              validated_precision_only: bool = True, memory_format: str = "auto",
              cudnn_autotune: bool = False, cascade: bool | None = None,
-             adaptive_examples: np.ndarray | None = None, checkpoint_dir: str | Path | None = None) -> Result:
+             adaptive_examples: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
+             consistency_check: bool = True) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
@@ -524,6 +530,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     `adaptive_examples` (bool [n]) replaces the seeded adaptive subsample (the regression replay).
     `checkpoint_dir` holds the checkpoint instead of a hidden file beside `out`, so that it can be
     committed and resumed on another machine (docs/long-evaluations.md).
+    `consistency_check=False` skips benchmark.checks, only for a replay of an entry already checked.
     """
     started = time.time()
     spec = spec or load_spec()
@@ -552,7 +559,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     detected = probe_randomness(defense, probe.x)
     randomized = defense.randomized or detected
     # Before any attack: a defense whose answers depend on grad mode, batch or history is refused.
-    check_defense_is_consistent(defense, probe.x, eps=dataset_spec.eps, seed=seed, randomized=randomized)
+    if consistency_check:
+        check_defense_is_consistent(defense, probe.x, eps=dataset_spec.eps, seed=seed, randomized=randomized)
     repeats = spec.randomized.prediction_repeats if randomized else 1
     draws = dataset_spec.attacks["epgd"].draws if randomized else None
     fixed_grid = randomized and spec.randomized.batch_size is not None
@@ -781,6 +789,12 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         record["provenance"]["transfer_cache"] = {
             "chunk_hits": transfer_cache.hits, "chunk_misses": transfer_cache.misses,
             "crafting_seconds": round(transfer_cache.crafted_seconds, 3)}
+    if staged is not None:
+        record["cascade"] = cascade_stages(
+            outcomes["clean"].correct,
+            [(family, _family_bits(outcomes, by_family, family)) for family in ("white_box", "transfer")
+             if by_family.get(family)],
+            (_family_bits(outcomes, by_family, "adaptive"), staged.subsample, staged.attacked))
     record["costs"] = cost_summary(record)
     record["flags"] = gradient_masking_flags(record, outcomes)
     return record

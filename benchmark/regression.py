@@ -214,7 +214,9 @@ def replay(record_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         mask = np.zeros(n, dtype=bool)
         mask[chosen] = True
         spec = regression_spec(load_spec(), record, n=n)
-        outcomes = _replay_evaluation(record, spec, device, ("adaptive",), cascade=False, adaptive_examples=mask)
+        # The first replay already ran the consistency checks on this entry.
+        outcomes = _replay_evaluation(record, spec, device, ("adaptive",), cascade=False, adaptive_examples=mask,
+                                      consistency_check=not first)
         replayed["nattack"] = (chosen, outcomes["nattack"].correct[:, chosen])
     return replayed
 

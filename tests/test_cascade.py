@@ -199,3 +199,21 @@ def test_a_cascaded_standard_record_is_ranked_with_its_sizes_and_what_nattack_br
     low, high = key["interval"]
     assert f"{100 * key['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | 80 (40) |" in row
     assert f"| standard | {spec.version} |" in row
+
+
+@requires_fashion
+def test_each_stage_of_the_cascade_says_what_it_attacked_and_broke(with_and_without):
+    result, outcomes = with_and_without[True]
+    stages = {stage["family"]: stage for stage in result.record["cascade"]}
+    assert list(stages) == ["clean", "white_box", "transfer", "adaptive"]
+    clean = outcomes["clean"].correct[0]
+    white_box = np.logical_and.reduce([outcomes[name].correct[0] for name, m in result.record["attacks"].items()
+                                       if m["family"] == "white_box"])
+    assert stages["clean"]["survivors"] == int(clean.sum())
+    assert stages["white_box"]["broken"] == int((clean & ~white_box).sum())
+    assert stages["transfer"]["survivors"] == result.record["attacks"]["nattack"]["cascade"]["survivors"] + int(
+        (~outcomes["nattack"].subsample & np.logical_and.reduce(
+            [outcomes[name].correct[0] for name in ["clean", *result.record["worst_case"]["all"]["measurements"]]
+             if name != "nattack"])).sum())
+    assert stages["adaptive"]["attacked"] == stages["adaptive"]["survivors_in_subsample"]
+    assert stages["adaptive"]["survivors"] == stages["adaptive"]["survivors_in_subsample"] - stages["adaptive"]["broken"]
