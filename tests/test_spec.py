@@ -353,3 +353,18 @@ def test_cli_spec_invalid_file_is_one_line(capsys, tmp_path):
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
     assert "datasets.mnist.eps" in captured.err
+
+
+# Frozen specs: records pin these sha256s, so a frozen file never changes; a new threat model is a new
+# file with a new version (docs/threat-model.md).
+FROZEN = {
+    "v1.toml": "6d9fd7b89bfab4fd43e89a1355165bd34396ca1544d2ad9b6c1d81b78c7400cc",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_a_frozen_spec_never_changes(name):
+    raw = (SPEC_DIR / name).read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == FROZEN[name], (
+        f"{name} is frozen: records measured under it pin its sha256. Put a changed threat model in a "
+        "new file with a new version instead")
