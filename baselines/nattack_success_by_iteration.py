@@ -141,6 +141,9 @@ def plot(states: dict[str, dict], max_iterations: int, path: Path) -> None:
         axes.step(grid, cumulative(pooled, grid), where="post", color="black", linewidth=2,
                   label=f"all ({len(pooled)})")
     axes.axhline(KEEP, color="grey", linestyle=":")
+    cap = load_spec().dataset(DATASET).budget("standard").nattack_max_iterations
+    axes.axvline(cap, color="red", linestyle="--", linewidth=1, label=f"standard cap ({cap})")
+    axes.set_xscale("symlog", linthresh=10)   # early successes and the tail on one axis
     axes.set_xlabel("NAttack iteration cap")
     axes.set_ylabel(f"fraction of successes found by {max_iterations}")
     axes.set_ylim(0, 1.02)
@@ -182,7 +185,22 @@ def cumulative_rows(states: dict[str, dict], caps: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
+def kept(found: list[int], cap: int) -> str:
+    if not found:
+        return "all (none was found)"
+    return f"{sum(1 for i in found if i <= cap)} of {len(found)}"
+
+
+def per_target_kept(states: dict[str, dict], cap: int) -> str:
+    short = [f"{name}: {kept(success_iterations(s), cap)}" for name, s in states.items()
+             if any(i > cap for i in success_iterations(s))]
+    return "" if not short else " (short of it: " + "; ".join(short) + ")"
+
+
 def page(states: dict[str, dict], max_iterations: int) -> str:
+    spec = load_spec()
+    cap = spec.dataset(DATASET).budget("standard").nattack_max_iterations
+    caps = tuple(sorted({1, 5, 10, 20, 30, 50, 100, 200, max_iterations, cap}))
     pooled = [i for s in states.values() for i in success_iterations(s)]
     per_target = [smallest_cap(success_iterations(s)) for s in states.values()]
     strictest = max((c for c in per_target if c is not None), default=None)
@@ -210,12 +228,17 @@ layer scaled by 1024 (the margin-loss PGD breaks every example, so no survivor i
 
 Cumulative fraction of each target's successes found by a cap:
 
-{cumulative_rows(states, (1, 5, 10, 20, 30, 50, 100, 200, max_iterations))}
+{cumulative_rows(states, caps)}
 
 **The rule.** The cap is the smallest number of iterations that keeps at least {KEEP:.0%} of the
 successes found by {max_iterations} iterations: over all targets pooled, {smallest_cap(pooled)}; for the
-strictest single target, {strictest}. The spec's `standard` budget takes the larger of the two
-(`benchmark/spec/v2.toml`).
+strictest single target, {strictest}. The `standard` budget takes the larger of the two. Spec
+{spec.version} (frozen) caps it at **{cap} iterations**, which keeps {kept(pooled, cap)} of the successes
+measured here{per_target_kept(states, cap)}.
+
+With so few successes the rule keeps all of them, so one late success moves the cap: a larger sample
+(a future spec version) would estimate the tail better. NAttack's cost grows with the cap (a survivor
+it cannot break costs population x cap queries), and the cap is what makes `standard` finish on a CPU.
 
 Reproduce: `python -m baselines.nattack_success_by_iteration` (it resumes; each target's survivors and
 every example's outcome are in `leaderboard/diagnostics/nattack-success-by-iteration/`), then
