@@ -7,21 +7,22 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark import regression
 from benchmark.regression import MissingResource, compare, regression_cases
-from benchmark.results import decode_bits, encode_bits, examples_path
+from benchmark.results import decode_bits, encode_bits, examples_path, read_outcomes
 from tests.conftest import requires_fashion
 
 RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
-D_RECORD = RESULTS / "fashion-mnist" / "D-quick.json"
+D_RECORD = RESULTS / "fashion-mnist" / "D-standard.json"
 
 
 @pytest.fixture
 def d_copy(tmp_path) -> Path:
     if not D_RECORD.is_file():
-        pytest.skip(f"{D_RECORD} is not committed (run threatbench reproduce --evaluate --only D)")
+        pytest.skip(f"{D_RECORD} is not committed (threatbench run --entries D --budget standard --out-dir leaderboard/results)")
     target = tmp_path / "results" / "fashion-mnist" / D_RECORD.name
     target.parent.mkdir(parents=True)
     shutil.copy(D_RECORD, target)
@@ -32,7 +33,7 @@ def d_copy(tmp_path) -> Path:
 
 def test_case_ids_name_dataset_entry_and_measurement():
     ids = [case.test_id for case in regression_cases(RESULTS)]
-    assert "fashion_mnist-A_adv-pgd" in ids and "fashion_mnist-A-transfer_B_fgsm" in ids
+    assert "fashion_mnist-D-pgd" in ids and "fashion_mnist-D-transfer_B_fgsm" in ids and "fashion_mnist-D-nattack" in ids
     assert all(i.startswith(("fashion_mnist-", "imagenet-", "cifar10-", "cifar100-", "mnist-")) for i in ids)
 
 
@@ -72,3 +73,13 @@ def test_a_gpu_record_skips_on_a_machine_without_one(d_copy, monkeypatch):
     monkeypatch.setattr(regression.torch.cuda, "is_available", lambda: False)
     with pytest.raises(MissingResource, match="measured on a GPU and this machine has none"):
         compare(d_copy, "clean")
+
+
+@requires_fashion
+def test_nattack_replays_on_the_examples_the_record_attacked(d_copy):
+    record = json.loads(d_copy.read_text())
+    assert record["attacks"]["nattack"]["cascade"]["attacked"] >= regression.REGRESSION_NATTACK_N
+    compare(d_copy, "nattack")
+    columns, _ = regression.replay(d_copy)["nattack"]
+    attacked = np.flatnonzero(read_outcomes(d_copy)["nattack"].attacked)
+    assert columns.tolist() == attacked[:regression.REGRESSION_NATTACK_N].tolist()
