@@ -78,6 +78,7 @@ from benchmark.stats import wilson_interval
 WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")
 WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin")   # pgd with EOT: epgd
 FAMILIES = ("white_box", "transfer", "adaptive")
+SPEC_V1_ADAPTIVE = AdaptivePolicy()   # NAttack on the first nattack_n examples, no cascade
 
 
 def white_box_attacks(dataset: DatasetSpec, randomized: bool) -> list[str]:
@@ -224,7 +225,7 @@ def judge_criterion(defense: Defense, repeats: int) -> Callable[[torch.Tensor, t
 
 def nattack_measurement(dataset: DatasetSpec, budget: Budget, defense: Defense, *, seed: int,
                         batch_size: int, repeats: int = 1, randomized: bool = False,
-                        adaptive: AdaptivePolicy = AdaptivePolicy(), n: int | None = None,
+                        adaptive: AdaptivePolicy = SPEC_V1_ADAPTIVE, n: int | None = None,
                         subsample: np.ndarray | None = None) -> Measurement:
     """NAttack on the first `nattack_n` examples (spec v1), or on a seeded uniform subsample of the n
     examples, attacking only the survivors of the earlier families when `adaptive.cascade` (v2).

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.cascade import adaptive_cell
 from benchmark.diagnostics import ALPHA, is_masking
 from benchmark.record_check import load_record
 from benchmark.references import Reference, hub_link, load_references
 from benchmark.results import RecordError, atomic_write_text
-from benchmark.cascade import adaptive_cell
 from benchmark.spec import SpecError, load_spec
 from benchmark.stats import intervals_overlap
 

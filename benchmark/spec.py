@@ -7,7 +7,6 @@ dotted key, so a typo can never silently change the threat model.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import sys
 from dataclasses import dataclass, field

@@ -9,7 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.cascade import adaptive_subsample, estimate_from_outcomes, survivors, two_phase_estimate
+from benchmark.cascade import (
+    adaptive_subsample,
+    estimate_from_outcomes,
+    survivors,
+    two_phase_estimate,
+)
 from benchmark.defense import Defense
 from benchmark.evaluate import EntryInfo, evaluate
 from benchmark.results import read_outcomes

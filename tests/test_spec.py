@@ -10,10 +10,10 @@ import pytest
 from benchmark.cli import main
 from benchmark.spec import (
     DEFAULT_SPEC_PATH,
-    AdaptivePolicy,
     MARGIN_ATTACKS,
     SPEC_DIR,
     WHITE_BOX_ATTACKS,
+    AdaptivePolicy,
     SpecError,
     load_spec,
 )
