@@ -33,11 +33,18 @@ def test_train_model_a_briefly_and_evaluate_it_under_all_families(tmp_path):
     assert attacks["pgd"] < clean - 0.3, "eps = 0.1 PGD breaks an undefended model"
     assert attacks["pgd"] <= attacks["fgsm"]
     assert attacks["transfer/B/fgsm"] < clean, "examples crafted on held-out B transfer"
-    # the clean check, 20 populations, mean checks at iterations 0 and 10 and after the last update,
-    # and at most one judged population member per iteration
-    assert record["attacks"]["nattack"]["queries"]["max"] <= 1 + 20 * 300 + 3 + 20
+    # The cascade: NAttack attacks the survivors of its 6-example subsample, and spends per attacked
+    # example at most the clean check, 20 populations, mean checks at iterations 0 and 10 and after
+    # the last update, and one judged population member per iteration.
+    nattack = record["attacks"]["nattack"]
+    assert nattack["cascade"]["subsample"] == 6
+    assert nattack["cascade"]["attacked"] == nattack["cascade"]["survivors"]
+    assert ("queries" in nattack) == (nattack["cascade"]["attacked"] > 0)
+    assert nattack.get("queries", {}).get("max", 0) <= 1 + 20 * 300 + 3 + 20
     assert record["worst_case"]["white_box"]["accuracy"] <= attacks["pgd"]
-    assert record["worst_case"]["all"]["accuracy"] <= min(record["worst_case"]["all"]["families_on_subset"].values())
+    key = record["worst_case"]["all"]
+    assert key["accuracy"] <= key["estimate"]["p"] <= record["worst_case"]["white_box"]["accuracy"]
     outcomes = read_outcomes(out)
-    assert outcomes["nattack"].n == 6 and outcomes["nattack"].queries is not None
+    assert outcomes["nattack"].n == 150 and outcomes["nattack"].subsample.sum() == 6
+    assert outcomes["nattack"].attacked.sum() == nattack["cascade"]["attacked"]
     assert result.record["flags"]["single_step_beats_pgd"]["raised"] is False
