@@ -44,7 +44,8 @@ REGRESSION_N = 40
 REGRESSION_N_RANDOMIZED = 6    # compared within intervals anyway, so these replays mostly catch breakage;
                                # EPGD averages 8 gradient draws per step and every accuracy is 5 predict
                                # calls, so A_pni's replay takes 77 s on a 2-core CPU even at this size
-REGRESSION_NATTACK_N = 2       # a robust model spends the whole query budget (15,000) per image
+REGRESSION_NATTACK_N = 2       # the record's first attacked examples: survivors, often the whole budget
+                               # (population x cap: 21,000 queries at the standard budget) each
 REGRESSION_NATTACK_N_RANDOMIZED = 1   # one A_pni image: 26 s on a 2-core CPU
 REGRESSION_BUDGET = "regression"
 
