@@ -208,7 +208,8 @@ def _run_budget(args, device: torch.device) -> tuple[str, str]:
         return args.budget, "--budget"
     if device.type == "cuda":
         return "full", "a GPU is available"
-    return "quick", "no GPU found: the full budget takes hours per entry on a CPU; --budget full forces it"
+    return "quick", ("no GPU found: a smoke test, never ranked; --budget standard gives ranked numbers on a "
+                     "CPU (hours for the robust entries)")
 
 
 def expected_duration(dataset: str, names: list[str], budget: str) -> str:
