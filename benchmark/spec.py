@@ -1,4 +1,4 @@
-"""The threat-model spec: load `spec/v1.toml`, validate every key, freeze it into dataclasses.
+"""The threat-model spec: load `spec/v<N>.toml`, validate every key, freeze it into dataclasses.
 
 The spec is data. Validation is strict: an unknown key or a bad value raises `SpecError` naming the
 dotted key, so a typo can never silently change the threat model.

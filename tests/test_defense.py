@@ -1,4 +1,4 @@
-"""The architecture registry, safe weight loading, and the Defense interface (DESIGN.md §3)."""
+"""The architecture registry, safe weight loading, and the Defense interface (docs/threat-model.md)."""
 
 from __future__ import annotations
 

