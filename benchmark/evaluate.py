@@ -383,19 +383,11 @@ def _prior_bits(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]]) 
     return np.logical_and.reduce([outcomes[name].correct for name in names])
 
 
-def adaptive_summary(outcomes: dict[str, Outcomes], name: str, by_family: dict[str, list[str]],
-                     confidence: float) -> dict[str, Any]:
-    """NAttack's accuracy on the examples it attacked, and what it broke beyond the earlier families
-    (`cascade`: how many of the subsample survived them, how many it attacked and broke)."""
-    outcome = outcomes[name]
-    attacked, subsample = outcome.attacked, outcome.subsample
-    alive = survivors(_prior_bits(outcomes, by_family)) & subsample
-    after = outcome.correct.any(axis=0)
-    cascade = {"subsample": int(subsample.sum()), "survivors": int(alive.sum()),
-               "attacked": int(attacked.sum()), "broken": int((alive & attacked & ~after).sum())}
-    if not attacked.any():
-        return {"accuracy": None, "correct": 0, "n": 0, "interval": None, "cascade": cascade}
-    return {**summarize(outcome.correct[:, attacked], confidence), "cascade": cascade}
+def adaptive_summary(outcome: Outcomes, confidence: float) -> dict[str, Any]:
+    """NAttack's accuracy on the examples it attacked (none: the cascade left it no survivor)."""
+    if not outcome.attacked.any():
+        return {"accuracy": None, "correct": 0, "n": 0, "interval": None}
+    return summarize(outcome.correct[:, outcome.attacked], confidence)
 
 
 def adaptive_worst_case(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], staged: Outcomes,
@@ -436,9 +428,9 @@ def estimated_worst_case(outcomes: dict[str, Outcomes], by_family: dict[str, lis
     key.update(definition=definition, estimate=estimate.as_dict(),
                measurements=[name for family in FAMILIES for name in by_family[family]])
     # The same examples per family, so that the gaps between families compare like with like.
+    clean = outcomes["clean"].correct
     key["families_on_subset"] = {
-        **{family: float(np.logical_and.reduce([outcomes["clean"].correct, *(
-            outcomes[m].correct for m in by_family[family])])[:, subsample].mean())
+        **{family: float((clean & _family_bits(outcomes, by_family, family))[:, subsample].mean())
            for family in ("white_box", "transfer")},
         "all": float(final[:, subsample].mean()),
     }
@@ -716,7 +708,7 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
         outcome = outcomes[m.name]
         summary = {"family": m.family, "params": m.params}
         if outcome.attacked is not None:   # the adaptive family of spec v2: only what it attacked
-            summary.update(adaptive_summary(outcomes, m.name, by_family, confidence))
+            summary.update(adaptive_summary(outcome, confidence))
         else:
             summary.update(summarize(outcome.correct, confidence))
         summary.update(measured_costs)
@@ -796,6 +788,11 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
             [(family, _family_bits(outcomes, by_family, family)) for family in ("white_box", "transfer")
              if by_family.get(family)],
             (_family_bits(outcomes, by_family, "adaptive"), staged.subsample, staged.attacked))
+        # NAttack's line of the cascade, beside its accuracy: what it attacked and broke.
+        stage = record["cascade"][-1]
+        attacks[staged_measurement.name]["cascade"] = {
+            "subsample": stage["subsample"], "survivors": stage["survivors_in_subsample"],
+            "attacked": stage["attacked"], "broken": stage["broken"]}
     record["costs"] = cost_summary(record)
     record["flags"] = gradient_masking_flags(record, outcomes)
     return record
