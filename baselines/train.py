@@ -30,12 +30,14 @@ from benchmark.results import atomic_write_json
 from benchmark.spec import Spec, load_spec
 from benchmark.training import (
     StandardRecipe,
+    checkpoint_seconds,
     fixed_cpu_threads,
     load_checkpoint,
     run_epoch,
     save_checkpoint,
     standard_model_dir,
     train_standard,
+    training_device,
 )
 
 WEIGHT_NAMES = ("weight", "bias")
@@ -126,13 +128,14 @@ def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int
 
 
 def _card(recipe: Recipe, final: TrainedWeights, snapshots: dict[int, TrainedWeights], steps: int,
-          seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+          training: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`training`: wall seconds summed over every resumed session, the device, the image count."""
     return {
         "recipe": recipe.name, "recipe_file": recipe.path.name, "recipe_sha256": recipe.sha256,
         "dataset": recipe.dataset, "architecture": recipe.architecture, "trainer": recipe.trainer,
         "weights": {"file": final.path.name, "sha256": final.sha256, "epoch": final.epoch},
         "snapshots": {str(e): {"file": w.path.name, "sha256": w.sha256} for e, w in snapshots.items()},
-        "steps": steps, "seconds": round(seconds, 1), **extra,
+        "steps": steps, "training": training, **extra,
     }
 
 
@@ -178,8 +181,10 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     steps = first_epoch * -(-len(x) // recipe.batch_size)
     snapshots = _existing_snapshots(recipe, directory, first_epoch)
     objective, started = OBJECTIVES[recipe.trainer], time.perf_counter()
+    spent = checkpoint_seconds(checkpoint)
     source_counts: dict[str, int] = {}
     with fixed_cpu_threads(device):
+        trained_on = training_device(device)
         for epoch in range(first_epoch, recipe.epochs):
             context = BatchContext(model, recipe.adversary, epoch, torch.Generator().manual_seed(
                 derive_seed(recipe.seed, "sources", epoch)), statics, source_counts)
@@ -193,15 +198,18 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
             if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
                 snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
                                                      recipe, epoch + 1)
-            save_checkpoint(checkpoint, model.network, optimizer, epoch + 1)
+            save_checkpoint(checkpoint, model.network, optimizer, epoch + 1,
+                            spent + time.perf_counter() - started)
 
     final_epoch = recipe.epochs if max_steps is None else epoch + 1
     final = _save_weights(model.network, directory / "weights.safetensors", recipe, final_epoch)
     run = TrainingRun(recipe, directory, final, snapshots)
     if max_steps is None:
         extra = {"ensemble_source_batches": source_counts} if source_counts else {}
+        training = {"seconds": round(spent + time.perf_counter() - started, 1), "device": trained_on,
+                    "train_images": len(x)}
         atomic_write_json(directory / "model.json",
-                          _card(recipe, final, snapshots, steps, time.perf_counter() - started, extra))
+                          _card(recipe, final, snapshots, steps, training, extra))
         checkpoint.unlink(missing_ok=True)
     return run
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -94,11 +96,13 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int) -> None:
+def save_checkpoint(path: Path, network: torch.nn.Module, optimizer, epoch: int,
+                    seconds: float = 0.0) -> None:
+    """Model and optimizer after `epoch`, with the training wall time spent so far (all sessions)."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
     tensors.update(_optimizer_tensors(optimizer))
     temporary = path.with_suffix(".tmp")
-    save_file(tensors, str(temporary), metadata={"epoch": str(epoch)})
+    save_file(tensors, str(temporary), metadata={"epoch": str(epoch), "seconds": f"{seconds:.1f}"})
     os.replace(temporary, path)
 
 
@@ -106,10 +110,27 @@ def load_checkpoint(path: Path, network: torch.nn.Module, optimizer) -> int:
     tensors = load_file(str(path))
     network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     _restore_optimizer(optimizer, tensors)
+    return int(_checkpoint_metadata(path)["epoch"])
+
+
+def checkpoint_seconds(path: Path) -> float:
+    """Training wall time already spent before the checkpoint (0 for none, or an older checkpoint)."""
+    return float(_checkpoint_metadata(path).get("seconds", 0.0)) if path.is_file() else 0.0
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        return int(handle.metadata()["epoch"])
+        return handle.metadata() or {}
+
+
+def training_device(device: str | torch.device = "cpu") -> str:
+    """What trained a model, for its card: the GPU's name, or the CPU with its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -170,17 +191,22 @@ def train_standard(recipe: StandardRecipe, out_dir: Path, *, data_dir=None, prog
     first_epoch = load_checkpoint(checkpoint, network, optimizer) if checkpoint.is_file() else 0
     steps_per_epoch = -(-len(x) // recipe.batch_size)
     steps_done = first_epoch * steps_per_epoch
+    spent, started = checkpoint_seconds(checkpoint), time.perf_counter()
     with fixed_cpu_threads():
+        device = training_device()
         for epoch in range(first_epoch, recipe.epochs):
             steps_done = train_epoch(network, optimizer, x, y, recipe, epoch, steps_done, progress)
-            save_checkpoint(checkpoint, network, optimizer, epoch + 1)
+            save_checkpoint(checkpoint, network, optimizer, epoch + 1,
+                            spent + time.perf_counter() - started)
             if recipe.max_steps is not None and steps_done >= recipe.max_steps:
                 break
 
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(weights), metadata={"recipe_sha256": recipe.sha256()})
     sha256 = file_sha256(weights)
-    atomic_write_json(card, _model_card(recipe, sha256, steps_done))
+    training = {"seconds": round(spent + time.perf_counter() - started, 1), "device": device,
+                "train_images": len(x)}
+    atomic_write_json(card, _model_card(recipe, sha256, steps_done, training))
     checkpoint.unlink(missing_ok=True)
     return TrainedModel(weights, sha256, recipe)
 
@@ -192,6 +218,8 @@ def standard_model_dir(recipe: StandardRecipe) -> Path:
     return cache_dir() / "models" / recipe.dataset / recipe.name()
 
 
-def _model_card(recipe: StandardRecipe, sha256: str, steps: int) -> dict[str, Any]:
+def _model_card(recipe: StandardRecipe, sha256: str, steps: int, training: dict[str, Any],
+                ) -> dict[str, Any]:
     return {"architecture": recipe.architecture, "dataset": recipe.dataset, "sha256": sha256,
-            "recipe": asdict(recipe), "recipe_sha256": recipe.sha256(), "steps": steps}
+            "recipe": asdict(recipe), "recipe_sha256": recipe.sha256(), "steps": steps,
+            "training": training}

@@ -67,6 +67,10 @@ def test_the_sha256_changes_with_the_file():
     (("batch_size = 64", 'batch_size = 64\nnoise_init = "weight_relative"'),
      "noise_init 'weight_relative' only applies to cni: architectures"),
     (("batch_size = 64", 'batch_size = 64\nnoise_init = "tiny"'), "noise_init 'tiny' is not one of"),
+    (("batch_size = 64", 'batch_size = 64\ndeviation = """two\nlines"""'),
+     "deviation must be one line of at most 240 characters"),
+    (("batch_size = 64", f'batch_size = 64\nexpected_time = "{"x" * 241}"'),
+     "expected_time must be one line of at most 240 characters"),
 ])
 def test_a_bad_recipe_names_the_key(change, message):
     with pytest.raises(RecipeError) as error:

@@ -3,6 +3,7 @@ parameter structure, resumes exactly, and ensemble training never draws a held-o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from baselines.objectives import (
 from baselines.recipes import RecipeError, parse_recipe
 from baselines.train import train_recipe
 from benchmark.architectures import build
+from benchmark.training import checkpoint_seconds
 from tests.conftest import requires_fashion
 
 ADVERSARIES = {
@@ -135,8 +137,12 @@ def test_an_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
         train_recipe(recipe, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     assert not (tmp_path / "b" / "model.json").exists()
+    first_session = checkpoint_seconds(tmp_path / "b" / "checkpoint.safetensors")
     monkeypatch.setattr(train_module, "run_epoch", original)
     resumed = train_recipe(recipe, tmp_path / "b", progress=False)
+    training = json.loads((tmp_path / "b" / "model.json").read_text())["training"]
+    assert training["seconds"] > first_session > 0, "the wall time covers every session"
+    assert training["device"].startswith("cpu: ") and training["train_images"] == recipe.train_limit
 
     assert resumed.final.epoch == 3 and sorted(resumed.snapshots) == [1, 2]
     for a, b in [(uninterrupted.final, resumed.final), *[

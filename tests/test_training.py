@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,9 +43,15 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path, monkeypatch
         train_standard(RECIPE, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     monkeypatch.setattr(training, "train_epoch", original)
+    first_session = training.checkpoint_seconds(tmp_path / "b" / "checkpoint.safetensors")
+    assert first_session > 0
     resumed = train_standard(RECIPE, tmp_path / "b", progress=False)
     assert resumed.sha256 == uninterrupted.sha256
     assert not (tmp_path / "b" / "checkpoint.safetensors").exists()
+    # The card's wall time covers both sessions, and names what trained it.
+    card = json.loads((tmp_path / "b" / "model.json").read_text())["training"]
+    assert card["seconds"] > first_session and card["device"].startswith("cpu: ")
+    assert card["train_images"] == RECIPE.train_limit
 
 
 def test_a_finished_model_is_reused_not_retrained(tmp_path, monkeypatch):
