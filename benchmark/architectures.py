@@ -7,10 +7,15 @@ expects, so that every defense receives un-normalized pixels. Weight files hold 
 MNIST A-D follow Tramer et al. 2017, Table 6, with the exact layers of their code (Keras defaults:
 'valid' padding, stride 1). `timm:<name>` builds any timm model without downloading weights.
 `pni:<name>` / `cni:<name>` add PNI-W / CNI-W weight noise to any of them (`noise_injection.py`).
+
+Names compose in one way only, `[pni:|cni:]<registry name or timm:<timm registry name>>`: one
+noise wrapper at most, and a timm name without a source prefix, so no chain of prefixes reaches
+timm's `hf-hub:` or `local-dir:` sources (which would build a model from a config nobody pinned).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,6 +23,7 @@ from torch import nn
 
 from benchmark.errors import ArchitectureError
 from benchmark.noise_injection import inject_noise
+from benchmark.untrusted import excerpt
 
 
 class ImageClassifier(nn.Module):
@@ -185,11 +191,53 @@ _CIFAR_FAMILY: dict[str, Callable[[int], nn.Module]] = {
 }
 TIMM_PREFIX = "timm:"
 NOISE_PREFIXES = ("pni:", "cni:")   # weight-noise twins of any name above (benchmark.noise_injection)
+MAX_NAME_CHARS = 200
+# A timm registry name, optionally with its pretrained tag (resnet18.a1_in1k); no "source:" prefix
+# and no "/", which timm would read as a Hub repository or a local folder.
+TIMM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,150}")
 
 
 def registry_names() -> list[str]:
     return [*_MNIST_FAMILY, *_CIFAR_FAMILY, f"{TIMM_PREFIX}<any timm model name>",
             *(f"{prefix}<any name above>" for prefix in NOISE_PREFIXES)]
+
+
+def parse_architecture(name: object) -> tuple[str | None, str]:
+    """(the weight-noise kind, "pni" or "cni", or None; the base name), or ArchitectureError."""
+    if not isinstance(name, str) or not name:
+        raise ArchitectureError(f"an architecture is a non-empty name, got {excerpt(name)}")
+    if len(name) > MAX_NAME_CHARS:
+        raise ArchitectureError(f"architecture {excerpt(name)} is longer than {MAX_NAME_CHARS} characters; "
+                                f"choose one of: {', '.join(registry_names())}")
+    noise, base = None, name
+    if name.startswith(NOISE_PREFIXES):
+        noise, base = name.split(":", 1)
+    if base.startswith(NOISE_PREFIXES):
+        raise ArchitectureError(f"architecture {excerpt(name)}: weight noise wraps an architecture once "
+                                "(pni:<name> or cni:<name>), never another noise wrapper")
+    if base.startswith(TIMM_PREFIX) and len(base) > len(TIMM_PREFIX):
+        model_name = base[len(TIMM_PREFIX):]
+        if not TIMM_NAME.fullmatch(model_name):
+            raise ArchitectureError(
+                f"architecture {excerpt(name)}: timm:<name> takes a timm registry name only (letters, "
+                "digits, '_', '.', '-'), no source such as hf-hub: or local-dir: and no path; the "
+                "weights come only from the pinned safetensors file")
+    elif base not in _MNIST_FAMILY and base not in _CIFAR_FAMILY:
+        raise ArchitectureError(f"unknown architecture {excerpt(name)}; choose one of: "
+                                f"{', '.join(registry_names())}")
+    return noise, base
+
+
+def check_architecture(name: object) -> str:
+    """`name` if the judge can build it, without building it (a timm model can be large)."""
+    _, base = parse_architecture(name)
+    if base.startswith(TIMM_PREFIX):
+        import timm
+
+        if not timm.is_model(base[len(TIMM_PREFIX):]):
+            raise ArchitectureError(f"timm has no model {excerpt(base[len(TIMM_PREFIX):])}; list them with "
+                                    "python -c \"import timm; print(timm.list_models())\"")
+    return name
 
 
 def _build_timm(model_name: str, num_classes: int, in_channels: int) -> ImageClassifier:
@@ -216,17 +264,13 @@ def build(name: str, num_classes: int, *, in_channels: int | None = None) -> Ima
 
     `in_channels` defaults to the architecture's own: 1 for mnist_a..d, 3 for the others.
     """
-    if name in _MNIST_FAMILY:
-        return ImageClassifier(_MNIST_FAMILY[name](num_classes, in_channels or 1))
-    if name in _CIFAR_FAMILY:
-        return ImageClassifier(_CIFAR_FAMILY[name](num_classes), CIFAR10_MEAN, CIFAR10_STD)
-    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
-        return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels or 3)
-    if name.startswith(NOISE_PREFIXES):
-        kind, base = name.split(":", 1)
-        classifier = build(base, num_classes, in_channels=in_channels)
-        inject_noise(classifier.network, kind)
-        return classifier
-    raise ArchitectureError(
-        f"unknown architecture {name!r}; choose one of: {', '.join(registry_names())}"
-    )
+    noise, base = parse_architecture(name)
+    if base in _MNIST_FAMILY:
+        classifier = ImageClassifier(_MNIST_FAMILY[base](num_classes, in_channels or 1))
+    elif base in _CIFAR_FAMILY:
+        classifier = ImageClassifier(_CIFAR_FAMILY[base](num_classes), CIFAR10_MEAN, CIFAR10_STD)
+    else:
+        classifier = _build_timm(base[len(TIMM_PREFIX):], num_classes, in_channels or 3)
+    if noise is not None:
+        inject_noise(classifier.network, noise)
+    return classifier

@@ -324,6 +324,16 @@ def command_zoo_export(args) -> int:
     return 0
 
 
+def command_zoo_table(args) -> int:
+    from baselines.zoo_table import write_readme_table, zoo_table
+
+    print(zoo_table(args.dataset))
+    if args.write_readme:
+        write_readme_table()
+        print("README.md: zoo table written")
+    return 0
+
+
 def command_train(args) -> int:
     # The CLI is the front-end, not the judge: only these commands reach into baselines/.
     from baselines.recipes import load_recipe
@@ -362,11 +372,15 @@ def command_leaderboard(args) -> int:
     out_dir = Path(args.dir) if args.dir else LEADERBOARD_DIR
     version = load_spec().version
     if args.check:
+        from benchmark.regression import check_committed_evidence
+
+        for line in check_committed_evidence(out_dir / "results", version):   # true records first
+            print(line)
         stale = stale_pages(out_dir, version)
         if stale:
             raise ThreatbenchError(f"stale leaderboard pages in {out_dir}: {', '.join(stale)}; run "
                                    "threatbench leaderboard and commit the result")
-        print(f"the leaderboard pages in {out_dir} are up to date")
+        print(f"the leaderboard pages in {out_dir} are up to date and every record is true to its evidence")
         return 0
     for path in write_pages(out_dir, version):
         print(f"wrote {path}")
@@ -763,6 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "recipe on first use (keeps the zoo under 50 MB)")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.set_defaults(handler=command_zoo_export)
+    table = zoo_commands.add_parser("table", help="the zoo's training and ranked numbers as a markdown table")
+    table.add_argument("--dataset", default="fashion-mnist")
+    table.add_argument("--write-readme", action="store_true", help="also write it into README.md")
+    table.set_defaults(handler=command_zoo_table)
 
     evaluate = commands.add_parser("evaluate", help="judge a checkpoint under the spec")
     evaluate.add_argument("--dataset", required=True)
@@ -806,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.set_defaults(handler=command_reproduce)
 
     board = commands.add_parser("leaderboard", help="regenerate leaderboard/*.md from leaderboard/results")
-    board.add_argument("--check", action="store_true", help="only report stale pages (exit 2 if any)")
+    board.add_argument("--check", action="store_true",
+                       help="verify every record against its per-example file and the spec, re-predict the "
+                            "clean bits of current records, and report stale pages (exit 2 on any problem)")
     board.add_argument("--dir", help="leaderboard directory (default: the repository's leaderboard/)")
     board.set_defaults(handler=command_leaderboard)
 

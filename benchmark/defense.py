@@ -18,6 +18,7 @@ Models run in eval mode with frozen parameters, so attacks can only differentiat
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,6 +30,10 @@ from torch import nn
 
 from benchmark.architectures import ImageClassifier, build
 from benchmark.errors import DefenseOutputError, WeightsError
+from benchmark.untrusted import excerpt
+
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEADER_BYTES = 100_000_000   # the safetensors format's own limit on its JSON header
 
 
 class Defense(nn.Module):
@@ -128,6 +133,7 @@ def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> d
                 f"{path}: sha256 is {actual}, expected {sha256.lower()}; the file is corrupted or "
                 "not the one the entry names (download it again or fix the expected hash)"
             )
+    _refuse_repeated_header_keys(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
@@ -139,8 +145,55 @@ def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> d
         ) from None
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _refuse_repeated_header_keys(path: Path) -> None:
+    """The safetensors parser keeps the last of two tensors of one name; refuse the file instead.
+    A header that is not readable JSON is left to safe_open, which says so."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        size = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        if not 0 < size <= MAX_HEADER_BYTES:
+            return
+        header = handle.read(size)
+    try:
+        json.loads(header, object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as repeated:
+        raise WeightsError(f"{path}: the safetensors header names {excerpt(repeated.args[0])} twice; a "
+                           "file holds each tensor once (save it again with safetensors' save_file)") from None
+    except (ValueError, RecursionError):
+        return
+
+
+def _refuse_other_dtypes(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Weights only as float16, bfloat16 or float32: anything else (int8, float8, float64, bool...)
+    would be cast silently into numbers nobody trained. An integer buffer of the model (BatchNorm's
+    num_batches_tracked, unused in eval mode) may also keep its own dtype."""
+    wrong = sorted((key, state[key].dtype) for key in state if state[key].dtype not in WEIGHT_DTYPES
+                   and (expected[key].is_floating_point() or state[key].dtype != expected[key].dtype))
+    if wrong:
+        key, dtype = wrong[0]
+        kinds = sorted({str(d).removeprefix("torch.") for _, d in wrong})
+        raise WeightsError(
+            f"{source}: {len(wrong)} tensor(s) stored as {', '.join(kinds)} (e.g. {excerpt(key)} is "
+            f"{str(dtype).removeprefix('torch.')}); weights must be float16, bfloat16 or float32. Convert "
+            "with {k: v.float() for k, v in state_dict.items()} before save_file"
+        )
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly into `model`, casting fp16 storage to the model's dtype."""
+    """Load `state` strictly into `model`, casting fp16/bf16 storage to the model's dtype."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -160,6 +213,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
             f"{source}: the weights do not fit this architecture: {'; '.join(details)}. "
             "Check --arch and the dataset's number of classes"
         )
+    _refuse_other_dtypes(expected, state, source)
     cast = {k: v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(cast, strict=True)
 

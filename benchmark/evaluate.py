@@ -72,12 +72,11 @@ from benchmark.results import (
 )
 from benchmark.smoothing import SmoothedDefense
 from benchmark.sources import load_held_out_sources, transfer_cache_dir
-from benchmark.spec import AdaptivePolicy, Budget, DatasetSpec, Spec, load_spec
+from benchmark.spec import FAMILIES, AdaptivePolicy, Budget, DatasetSpec, Spec, load_spec
 from benchmark.stats import wilson_interval
 
 WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")
 WHITE_BOX_RANDOMIZED = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "epgd", "epgd_margin")   # pgd with EOT: epgd
-FAMILIES = ("white_box", "transfer", "adaptive")
 SPEC_V1_ADAPTIVE = AdaptivePolicy()   # NAttack on the first nattack_n examples, no cascade
 
 
@@ -202,8 +201,7 @@ def white_box_measurement(attack: str, dataset: DatasetSpec, defense: Defense, *
 def transfer_measurement(source: TransferSource, attack: str, crafted: CraftedExamples, *, eps: float,
                          n: int, batch_size: int, dataset: DatasetSpec) -> Measurement:
     def adversary(batch, counter):
-        start, stop = int(batch.indices[0]), int(batch.indices[-1]) + 1
-        x_adv = crafted.get(start, stop).to(batch.x.device)
+        x_adv = crafted.take(batch.indices).to(batch.x.device)
         check_perturbation(batch.x, x_adv, eps, f"transfer from {source.name}")
         return x_adv, None
 
@@ -510,7 +508,7 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              validated_precision_only: bool = True, memory_format: str = "auto",
              cudnn_autotune: bool = False, cascade: bool | None = None,
              adaptive_examples: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
-             consistency_check: bool = True) -> Result:
+             consistency_check: bool = True, examples: np.ndarray | None = None) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
     `sources` are the held-out transfer sources; by default the spec's own, loaded and
@@ -524,6 +522,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     `checkpoint_dir` holds the checkpoint instead of a hidden file beside `out`, so that it can be
     committed and resumed on another machine (docs/long-evaluations.md).
     `consistency_check=False` skips benchmark.checks, only for a replay of an entry already checked.
+    `examples` (sorted indices) limits clean, white-box and transfer to those examples of the n (the
+    regression replay's random sample); the other columns of their outcomes stay 0.
     """
     started = time.time()
     spec = spec or load_spec()
@@ -608,12 +608,17 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
                             **({"precision": precision} if precision != "float32" else {}),
                             **tuning.as_provenance(),
                             measurements=[(m.name, m.n, m.params) for m in measurements],
+                            **({"examples": [int(i) for i in examples]} if examples is not None else {}),
                             **({"shard": [shard.rank, shard.world_size]} if shard.sharded else {}))
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     state = EvaluationState.open(state_path_for(out, shard, checkpoint_dir), key)
     run = _Evaluation(defense, eval_set, state, seed=seed, device=device, repeats=repeats,
                       progress=progress, checkpoint_seconds=checkpoint_seconds, shard=shard)
+    if examples is not None:
+        for m in measurements:
+            if m.family in ("clean", "white_box", "transfer"):
+                m.examples = np.asarray(examples)
     outcomes, costs = {}, {}
     with precision_context(precision, device), cudnn_autotune_context(tuning):
         for m in measurements:   # the same order in every process: gather is collective
@@ -690,6 +695,69 @@ def _transfer_measurements(spec, dataset_spec, budget_spec, eval_set, entry, sou
     return cache, status, measurements
 
 
+def measurement_numbers(outcome: Outcomes, confidence: float) -> dict[str, Any]:
+    """What a record states about one measurement that its per-example bits determine."""
+    numbers = adaptive_summary(outcome, confidence) if outcome.attacked is not None \
+        else summarize(outcome.correct, confidence)
+    queries = outcome.queries if outcome.attacked is None or outcome.queries is None \
+        else outcome.queries[outcome.attacked]
+    if queries is not None and queries.size:
+        numbers["queries"] = _queries_summary(queries)
+    return numbers
+
+
+def worst_cases(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], staged: str | None,
+                cascaded: bool, nattack_n: int, confidence: float, *, complete: bool) -> dict[str, Any]:
+    """The record's `worst_case`: per family, and over all families when every family ran.
+    `staged` names the adaptive measurement of spec v2 (a subsample); None under spec v1."""
+    n = outcomes["clean"].n
+    worst: dict[str, Any] = {family: None for family in FAMILIES}
+    for family, names in by_family.items():
+        if family == "adaptive" and staged is not None:
+            worst[family] = adaptive_worst_case(outcomes, by_family, outcomes[staged], confidence,
+                                                cascaded=cascaded)
+            continue
+        size = nattack_n if family == "adaptive" else n
+        worst[family] = worst_case(outcomes, names, size, confidence,
+                                   f"correct on the clean input and under every {family} attack")
+    worst["all"] = None
+    if not complete:
+        return worst
+    if staged is not None:
+        worst["all"] = estimated_worst_case(outcomes, by_family, outcomes[staged], confidence)
+        return worst
+    names = [name for family in FAMILIES for name in by_family[family]]
+    worst["all"] = worst_case(outcomes, names, nattack_n, confidence,
+                              "correct on the clean input and under every attack of every family, "
+                              f"on the first {nattack_n} examples (where NAttack ran)")
+    # The same examples per family, so that the gaps between families compare like with like.
+    worst["all"]["families_on_subset"] = {
+        family: summarize(np.logical_and.reduce(
+            [outcomes["clean"].correct[:, :nattack_n],
+             *(outcomes[m].correct[:, :nattack_n] for m in by_family[family])]), confidence)["accuracy"]
+        for family in FAMILIES
+    }
+    return worst
+
+
+def record_cascade(outcomes: dict[str, Outcomes], by_family: dict[str, list[str]], staged: str,
+                   ) -> list[dict[str, Any]]:
+    """The record's `cascade`: what each family attacked and broke beyond the earlier ones."""
+    outcome = outcomes[staged]
+    return cascade_stages(
+        outcomes["clean"].correct,
+        [(family, _family_bits(outcomes, by_family, family)) for family in ("white_box", "transfer")
+         if by_family.get(family)],
+        (_family_bits(outcomes, by_family, "adaptive"), outcome.subsample, outcome.attacked))
+
+
+def nattack_cascade(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """NAttack's line of the cascade, kept beside its accuracy: what it attacked and broke."""
+    stage = stages[-1]
+    return {"subsample": stage["subsample"], "survivors": stage["survivors_in_subsample"],
+            "attacked": stage["attacked"], "broken": stage["broken"]}
+
+
 def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed: int, eval_set,
                  entry: EntryInfo, declared: bool, detected: bool, measurements: list[Measurement],
                  outcomes: dict[str, Outcomes], costs: dict[str, dict[str, Any]],
@@ -705,19 +773,10 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
             continue
         measured_costs = dict(costs[m.name])
         checked, missing = measured_costs.pop("gradient_checked", 0), measured_costs.pop("gradient_missing", 0)
-        outcome = outcomes[m.name]
-        summary = {"family": m.family, "params": m.params}
-        if outcome.attacked is not None:   # the adaptive family of spec v2: only what it attacked
-            summary.update(adaptive_summary(outcome, confidence))
-        else:
-            summary.update(summarize(outcome.correct, confidence))
+        summary = {"family": m.family, "params": m.params, **measurement_numbers(outcomes[m.name], confidence)}
         summary.update(measured_costs)
         if checked:   # the margin-loss PGD watches for examples without any input gradient
             summary["gradient"] = {"missing": int(missing), "n": int(checked)}
-        queries = outcome.queries if outcome.attacked is None or outcome.queries is None \
-            else outcome.queries[outcome.attacked]
-        if queries is not None and queries.size:
-            summary["queries"] = _queries_summary(queries)
         if m.family == "diagnostic":
             diagnostics[m.name] = summary
         else:
@@ -728,32 +787,10 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
 
     n, nattack_n = len(eval_set), budget.nattack_n
     staged_measurement = next((m for m in measurements if m.subsample is not None), None)
-    staged = None if staged_measurement is None else outcomes[staged_measurement.name]
-    worst = {family: None for family in FAMILIES}
-    for family, names in by_family.items():
-        if family == "adaptive" and staged is not None:
-            worst[family] = adaptive_worst_case(outcomes, by_family, staged, confidence,
-                                                cascaded=staged_measurement.cascade)
-            continue
-        size = nattack_n if family == "adaptive" else n
-        worst[family] = worst_case(outcomes, names, size, confidence,
-                                   f"correct on the clean input and under every {family} attack")
-    worst["all"] = None
-    if all(family_status[f]["status"] == "run" for f in FAMILIES):
-        if staged is not None:
-            worst["all"] = estimated_worst_case(outcomes, by_family, staged, confidence)
-        else:
-            names = [name for family in FAMILIES for name in by_family[family]]
-            worst["all"] = worst_case(outcomes, names, nattack_n, confidence,
-                                      "correct on the clean input and under every attack of every family, "
-                                      f"on the first {nattack_n} examples (where NAttack ran)")
-            # The same examples per family, so that the gaps between families compare like with like.
-            worst["all"]["families_on_subset"] = {
-                family: summarize(np.logical_and.reduce(
-                    [outcomes["clean"].correct[:, :nattack_n],
-                     *(outcomes[m].correct[:, :nattack_n] for m in by_family[family])]), confidence)["accuracy"]
-                for family in FAMILIES
-            }
+    staged = None if staged_measurement is None else staged_measurement.name
+    cascaded = staged_measurement is not None and staged_measurement.cascade
+    complete = all(family_status[f]["status"] == "run" for f in FAMILIES)
+    worst = worst_cases(outcomes, by_family, staged, cascaded, nattack_n, confidence, complete=complete)
     record = {
         "schema": RESULT_SCHEMA,
         "entry": {**entry.__dict__, "randomized": declared},
@@ -783,16 +820,8 @@ def build_record(*, spec: Spec, dataset_spec: DatasetSpec, budget: Budget, seed:
             "chunk_hits": transfer_cache.hits, "chunk_misses": transfer_cache.misses,
             "crafting_seconds": round(transfer_cache.crafted_seconds, 3)}
     if staged is not None:
-        record["cascade"] = cascade_stages(
-            outcomes["clean"].correct,
-            [(family, _family_bits(outcomes, by_family, family)) for family in ("white_box", "transfer")
-             if by_family.get(family)],
-            (_family_bits(outcomes, by_family, "adaptive"), staged.subsample, staged.attacked))
-        # NAttack's line of the cascade, beside its accuracy: what it attacked and broke.
-        stage = record["cascade"][-1]
-        attacks[staged_measurement.name]["cascade"] = {
-            "subsample": stage["subsample"], "survivors": stage["survivors_in_subsample"],
-            "attacked": stage["attacked"], "broken": stage["broken"]}
+        record["cascade"] = record_cascade(outcomes, by_family, staged)
+        attacks[staged]["cascade"] = nattack_cascade(record["cascade"])
     record["costs"] = cost_summary(record)
     record["flags"] = gradient_masking_flags(record, outcomes)
     return record

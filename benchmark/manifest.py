@@ -1,12 +1,16 @@
 """Submission manifests: `submissions/<name>.yaml`, schema `threatbench.submission/1`.
 
-A manifest is data only. It is parsed with `yaml.safe_load` (no tags, no objects), every key is
-checked, unknown keys are errors, and validation never touches the network. What it pins:
+A manifest is data only. It is parsed as safe YAML (no tags, no objects) without anchors, aliases,
+merge keys or duplicate keys, at most MAX_MANIFEST_BYTES and MAX_DEPTH deep; every key is checked,
+unknown keys are errors, every text field is one line of capped length, and validation never
+touches the network. Error messages quote at most a short excerpt of a value. The name may not
+collide with a zoo entry, a reference entry or another submission, ignoring case and punctuation.
+What it pins:
 
     schema: threatbench.submission/1
     name: my-defense                  # = the file name without .yaml
     dataset: fashion-mnist            # a dataset of the spec
-    paper: https://arxiv.org/abs/...
+    paper: https://arxiv.org/abs/...  # https:// on arxiv.org, doi.org, openreview.net, huggingface.co, github.com
     authors: [Ada Lovelace]
     license: MIT
     model:
@@ -36,10 +40,19 @@ from typing import Any
 
 import yaml
 
-from benchmark.architectures import NOISE_PREFIXES, TIMM_PREFIX, build
+from benchmark.architectures import NOISE_PREFIXES, check_architecture
 from benchmark.errors import ArchitectureError, ThreatbenchError
 from benchmark.smoothing import VOTES
 from benchmark.spec import Spec, SpecError, load_spec
+from benchmark.untrusted import (
+    FULL_SHA,
+    LINK_HOSTS,
+    REPO_ID,
+    allowed_link,
+    control_character,
+    excerpt,
+    field_name,
+)
 
 MANIFEST_SCHEMA = "threatbench.submission/1"
 HUB_CONFIG = "config.json"   # `architecture: config.json` = build the timm model its config names
@@ -50,9 +63,13 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar", ".
 CLAIM_FAMILIES = ("clean", "white_box", "transfer", "adaptive", "all")
 CLAIM_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd", "nattack")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-FULL_SHA = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+SUBMISSIONS_DIR = Path(__file__).resolve().parent.parent / "submissions"
+MAX_MANIFEST_BYTES = 64 * 1024
+MAX_DEPTH = 6              # top level > model > preprocessing > mean is 4
+MAX_TEXT_CHARS = 200       # any text field without a cap of its own
+MAX_AUTHORS = 100
+TEXT_LIMITS = {"paper": 300, "license": 100, "claimed.source": 300, "dataset": 64, "model.architecture": 200}
 
 
 class ManifestError(ThreatbenchError, ValueError):
@@ -112,6 +129,98 @@ class Manifest:
         return {"file": f"submissions/{self.path.name}", "sha256": self.sha256}
 
 
+# ---------------------------------------------------------------- YAML
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML feature a manifest may not use; `where`: the dotted key, or the line."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(problem)
+        self.where = where
+        self.problem = problem
+
+
+def _line(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}"
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """safe_load without what a manifest never needs and an attacker can use: anchors and aliases
+    (an 876-byte alias bomb expands to gigabytes) and deep nesting (recursion), both refused while
+    the document is composed, before anything is expanded."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(_line(event.start_mark), "YAML anchors and aliases (&name, *name) are not "
+                           "allowed in a manifest; write each value out")
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _Refused(_line(event.start_mark), f"nested deeper than {MAX_DEPTH} levels; a "
+                               "manifest is a few flat mappings (see submissions/README.md)")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _refuse_repeated_keys(node: yaml.Node, where: str) -> None:
+    """Duplicate keys (the second `sha256:` would silently win) and merge keys (`<<`), by dotted key."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(item, f"{where}[{index}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[str, yaml.Mark] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else _line(key_node.start_mark)
+        here = _join(where, field_name(key))
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            raise _Refused(here, "merge keys (<<) are not allowed in a manifest; write the keys out")
+        if key in first:
+            raise _Refused(here, f"duplicate key ({_line(first[key])} and {_line(key_node.start_mark)}); "
+                           "give each key once")
+        first[key] = key_node.start_mark
+        _refuse_repeated_keys(value_node, here)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: where and what, with the parser's wording cut short (it can quote the input)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"{_line(mark)}, column {mark.column + 1}: " if mark is not None else ""
+        what = "; ".join(part for part in (error.context, error.problem) if part)
+        return where + " ".join(what.split())[:200]
+    return " ".join(str(error).split())[:200]
+
+
+def read_yaml(raw: bytes, name: str) -> Any:
+    """The document in `raw`, or ManifestError naming `name` and the key or line."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{name}: {len(raw):,} bytes; a manifest is at most {MAX_MANIFEST_BYTES:,} bytes")
+    try:
+        loader = _ManifestLoader(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{name}: not valid YAML: not UTF-8 (byte {error.start})") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_repeated_keys(node, "")
+        return loader.construct_document(node)
+    except _Refused as error:
+        raise ManifestError(f"{name}: {error.where}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{name}: not valid YAML: {_yaml_problem(error)}") from None
+    except (ValueError, RecursionError) as error:   # e.g. an integer of more digits than int() reads
+        raise ManifestError(f"{name}: not valid YAML: {' '.join(str(error).split())[:120]}") from None
+    finally:
+        loader.dispose()
+
+
 # ---------------------------------------------------------------- checks
 
 
@@ -129,32 +238,41 @@ class _Checker:
             raise self.fail(where or "(top level)", f"expected a mapping, got {type(table).__name__}")
         unknown = sorted(set(map(str, table)) - allowed)
         if unknown:
-            raise self.fail(_join(where, unknown[0]), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise self.fail(_join(where, field_name(unknown[0])),
+                            f"unknown key (allowed: {', '.join(sorted(allowed))})")
         missing = sorted(required - set(table))
         if missing:
             raise self.fail(_join(where, missing[0]), "missing (required)")
         return table
 
     def text(self, value: Any, key: str, pattern: re.Pattern | None = None, hint: str = "") -> str:
+        """One line of text of at most TEXT_LIMITS[key] (else MAX_TEXT_CHARS) characters."""
         if isinstance(value, int | float) and not isinstance(value, bool):
-            raise self.fail(key, f"YAML read {value!r} as a number; quote the value: {key.split('.')[-1]}: "
-                            '"..."')
+            raise self.fail(key, f"YAML read {excerpt(value)} as a number; quote the value: "
+                            f"{key.split('.')[-1]}: " '"..."')
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+            raise self.fail(key, f"expected a non-empty string, got {excerpt(value)}")
+        limit = TEXT_LIMITS.get(re.sub(r"\[\d+\]$", "", key), MAX_TEXT_CHARS)
+        if len(value) > limit:
+            raise self.fail(key, f"{excerpt(value)} is longer than {limit} characters; shorten it")
+        character = control_character(value)
+        if character is not None:
+            raise self.fail(key, f"{excerpt(value)} contains the control character {character} (a line "
+                            "break, NUL or text-direction override); write one line of plain text")
         if pattern is not None and not pattern.fullmatch(value):
-            raise self.fail(key, f"{value!r} is not valid{': ' + hint if hint else ''}")
+            raise self.fail(key, f"{excerpt(value)} is not valid{': ' + hint if hint else ''}")
         return value
 
     def number(self, value: Any, key: str, *, low: float, high: float) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(key, f"expected a number, got {value!r}")
+            raise self.fail(key, f"expected a number, got {excerpt(value)}")
         if not low <= value <= high:
-            raise self.fail(key, f"{value} is outside [{low:g}, {high:g}]")
+            raise self.fail(key, f"{excerpt(value)} is outside [{low:g}, {high:g}]")
         return float(value)
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
+            raise self.fail(key, f"expected true or false, got {excerpt(value)}")
         return value
 
 
@@ -166,7 +284,8 @@ def _relative_file(check: _Checker, value: Any, key: str) -> str:
     text = check.text(value, key)
     path = PurePosixPath(text)
     if path.is_absolute() or ".." in path.parts or "\\" in text or text != str(path):
-        raise check.fail(key, f"{text!r} must be a plain path inside the repository, e.g. model.safetensors")
+        raise check.fail(key, f"{excerpt(text)} must be a plain path inside the repository, e.g. "
+                         "model.safetensors")
     return text
 
 
@@ -175,28 +294,21 @@ def _weights_file(check: _Checker, value: Any) -> str:
     if not name.endswith(".safetensors"):
         hint = (" (a pickle format: threatbench never loads pickles, which can run code)"
                 if name.lower().endswith(PICKLE_SUFFIXES) else "")
-        raise check.fail("model.weights", f"{name!r} is not a .safetensors file{hint}; convert with "
+        raise check.fail("model.weights", f"{excerpt(name)} is not a .safetensors file{hint}; convert with "
                          "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and "
                          "upload that file")
     return name
 
 
-def _architecture(check: _Checker, value: Any, dataset_classes: int, in_channels: int) -> str:
+def _architecture(check: _Checker, value: Any) -> str:
     name = check.text(value, "model.architecture")
     if name == HUB_CONFIG:
         return name
     try:
-        if name.startswith(TIMM_PREFIX):
-            import timm
-
-            if not timm.is_model(name[len(TIMM_PREFIX):]):
-                raise ArchitectureError(f"timm has no model {name[len(TIMM_PREFIX):]!r}")
-        else:
-            build(name, dataset_classes, in_channels=in_channels)   # cheap for registry models
+        return check_architecture(name)
     except ArchitectureError as error:
         raise check.fail("model.architecture", f"{error}; or use architecture: {HUB_CONFIG} with a "
                          "timm config.json in the repository") from None
-    return name
 
 
 def _preprocessing(check: _Checker, value: Any, channels: int) -> Preprocessing | None:
@@ -208,7 +320,7 @@ def _preprocessing(check: _Checker, value: Any, channels: int) -> Preprocessing 
         items = table[key]
         if not isinstance(items, list) or len(items) != channels:
             raise check.fail(f"model.preprocessing.{key}", f"expected a list of {channels} numbers (one "
-                             f"per input channel), got {items!r}")
+                             f"per input channel), got {excerpt(items)}")
         low = 1e-6 if key == "std" else -10.0
         parts[key] = tuple(check.number(v, f"model.preprocessing.{key}[{i}]", low=low, high=10.0)
                            for i, v in enumerate(items))
@@ -221,10 +333,10 @@ def _smoothing(check: _Checker, value: Any) -> Smoothing | None:
     table = check.keys(value, "model.smoothing", {"samples", "sigma"}, {"samples", "sigma", "vote"})
     samples = table["samples"]
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1024:
-        raise check.fail("model.smoothing.samples", f"expected an integer in [1, 1024], got {samples!r}")
+        raise check.fail("model.smoothing.samples", f"expected an integer in [1, 1024], got {excerpt(samples)}")
     vote = table.get("vote", "prediction")
-    if vote not in VOTES:
-        raise check.fail("model.smoothing.vote", f"{vote!r} is not one of {', '.join(VOTES)}")
+    if not isinstance(vote, str) or vote not in VOTES:
+        raise check.fail("model.smoothing.vote", f"{excerpt(vote)} is not one of {', '.join(VOTES)}")
     return Smoothing(samples, check.number(table["sigma"], "model.smoothing.sigma", low=0.0, high=1.0), vote)
 
 
@@ -237,7 +349,7 @@ def _claimed(check: _Checker, value: Any, eps: float) -> dict[str, Any]:
     if "source" in table:
         claimed["source"] = check.text(table["source"], "claimed.source")
     if "eps" in table and not math.isclose(check.number(table["eps"], "claimed.eps", low=0, high=1), eps):
-        raise check.fail("claimed.eps", f"{table['eps']} differs from the spec's eps {eps:g} for this "
+        raise check.fail("claimed.eps", f"{excerpt(table['eps'])} differs from the spec's eps {eps:g} for this "
                          "dataset; only claims under the spec's threat model can be compared")
     for key in (*CLAIM_FAMILIES, *CLAIM_ATTACKS):
         if key in table:
@@ -250,10 +362,10 @@ def _model(check: _Checker, table: Any, classes: int, channels: int) -> HubModel
                        MODEL_KEYS)
     revision = table["revision"]
     if not isinstance(revision, str) or not FULL_SHA.fullmatch(revision):
-        raise check.fail("model.revision", f"{revision!r} is not a full 40-hex commit sha; branches, tags "
+        raise check.fail("model.revision", f"{excerpt(revision)} is not a full 40-hex commit sha; branches, tags "
                          "and short shas can move or be ambiguous. Find it with "
                          "huggingface_hub.HfApi().model_info(repo, revision='main').sha")
-    architecture = _architecture(check, table["architecture"], classes, channels)
+    architecture = _architecture(check, table["architecture"])
     config_sha256 = None
     if architecture == HUB_CONFIG:
         if "config_sha256" not in table:
@@ -281,46 +393,92 @@ def _model(check: _Checker, table: Any, classes: int, channels: int) -> HubModel
     )
 
 
+def _authors(check: _Checker, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise check.fail("authors", f"expected a non-empty list of names, got {excerpt(value)}")
+    if len(value) > MAX_AUTHORS:
+        raise check.fail("authors", f"{len(value):,} names; at most {MAX_AUTHORS} (add \"et al.\")")
+    return tuple(check.text(a, f"authors[{i}]") for i, a in enumerate(value))
+
+
+def _paper(check: _Checker, value: Any) -> str:
+    paper = check.text(value, "paper")
+    if allowed_link(paper) is None:
+        raise check.fail("paper", f"{excerpt(paper)} is not an https:// link to {', '.join(LINK_HOSTS)}; "
+                         "link the paper's page there (e.g. https://arxiv.org/abs/...)")
+    return paper
+
+
 def parse_manifest(document: Any, *, path: Path, sha256: str, spec: Spec) -> Manifest:
     check = _Checker(path.name)
     table = check.keys(document, "", TOP_KEYS - {"claimed"}, TOP_KEYS)
     if table["schema"] != MANIFEST_SCHEMA:
-        raise check.fail("schema", f"{table['schema']!r} is not supported; this threatbench reads "
+        raise check.fail("schema", f"{excerpt(table['schema'])} is not supported; this threatbench reads "
                          f"{MANIFEST_SCHEMA!r}")
     name = check.text(table["name"], "name", NAME, "letters, digits, '-', '_', '.'; at most 64")
     if name != path.stem:
-        raise check.fail("name", f"{name!r} must equal the file name {path.stem!r} (rename one of them)")
+        raise check.fail("name", f"{name!r} must equal the file name {excerpt(path.stem)} (rename one of them)")
     try:
         dataset = spec.dataset(check.text(table["dataset"], "dataset"))
     except SpecError as error:
         raise check.fail("dataset", str(error)) from None
-    authors = table["authors"]
-    if not isinstance(authors, list) or not authors:
-        raise check.fail("authors", f"expected a non-empty list of names, got {authors!r}")
-    paper = check.text(table["paper"], "paper")
-    if not paper.startswith(("https://", "http://")):
-        raise check.fail("paper", f"{paper!r} is not a URL (e.g. https://arxiv.org/abs/...)")
     return Manifest(
-        name=name, dataset=dataset.name, paper=paper,
-        authors=tuple(check.text(a, f"authors[{i}]") for i, a in enumerate(authors)),
-        license=check.text(table["license"], "license"),
+        name=name, dataset=dataset.name, paper=_paper(check, table["paper"]),
+        authors=_authors(check, table["authors"]), license=check.text(table["license"], "license"),
         model=_model(check, table["model"], dataset.num_classes, dataset.input_shape[0]),
         claimed=_claimed(check, table.get("claimed"), dataset.eps), path=path, sha256=sha256,
     )
 
 
-def load_manifest(path: str | Path, spec: Spec | None = None) -> Manifest:
-    """Read and validate `path` offline; raises ManifestError naming the key that is wrong."""
+# ---------------------------------------------------------------- names
+
+
+def name_key(name: str) -> str:
+    """What two entry names share when a reader could take one for the other."""
+    return re.sub(r"[^0-9a-z]", "", name.casefold())
+
+
+def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) -> dict[str, str]:
+    """name_key -> what holds it: every zoo entry, reference entry and submission other than the
+    one `manifest_path` names (in the repository's submissions/ and beside the manifest)."""
+    from baselines.zoo import ZOO_DIR, load_zoo
+    from benchmark.references import load_references
+
+    taken: dict[str, str] = {}
+    for directory in (submissions_dir, manifest_path.parent):
+        for other in sorted(directory.glob("*.y*ml")):
+            if other.suffix in (".yaml", ".yml") and other.stem != manifest_path.stem:
+                taken.setdefault(name_key(other.stem), f"the submission {other.stem!r} ({other.name})")
+    for dataset, references in load_references().items():
+        for reference in references:
+            taken[name_key(reference.name)] = f"the reference entry {reference.name!r} ({dataset})"
+    for zoo_file in sorted(ZOO_DIR.glob("*.toml")):
+        zoo = load_zoo(zoo_file.stem, zoo_file)
+        for entry in zoo.entries:
+            taken[name_key(entry.name)] = f"the zoo entry {entry.name!r} ({zoo.dataset})"
+    return taken
+
+
+def check_name_is_free(manifest: Manifest, taken: dict[str, str]) -> None:
+    holder = taken.get(name_key(manifest.name))
+    if holder is not None:
+        raise ManifestError(f"{manifest.path.name}: name: {manifest.name!r} is already {holder}; names are "
+                            "compared ignoring case and punctuation, so that no submission can be read as "
+                            "another entry. Choose another name (and rename the file)")
+
+
+def load_manifest(path: str | Path, spec: Spec | None = None, *,
+                  taken: dict[str, str] | None = None) -> Manifest:
+    """Read and validate `path` offline; raises ManifestError naming the key that is wrong.
+    `taken`: the names it may not use (default: `taken_names(path)`)."""
     path = Path(path)
     if path.suffix not in (".yaml", ".yml"):
-        raise ManifestError(f"{path}: a manifest is a .yaml file (submissions/<name>.yaml)")
+        raise ManifestError(f"{excerpt(str(path))}: a manifest is a .yaml file (submissions/<name>.yaml)")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
-    try:
-        document = yaml.safe_load(raw.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path.name}: not valid YAML: {error}") from None
-    return parse_manifest(document, path=path, sha256=hashlib.sha256(raw).hexdigest(),
-                          spec=spec or load_spec())
+    manifest = parse_manifest(read_yaml(raw, path.name), path=path, sha256=hashlib.sha256(raw).hexdigest(),
+                              spec=spec or load_spec())
+    check_name_is_free(manifest, taken_names(path) if taken is None else taken)
+    return manifest

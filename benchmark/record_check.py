@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.record_verify import check_against_spec, check_derived_numbers, check_known_keys
 from benchmark.results import RESULT_SCHEMA, RecordError, examples_path, read_json, read_outcomes
+from benchmark.spec import FAMILIES, load_spec
 
 BUDGETS = ("quick", "standard", "full")
-FAMILIES = ("white_box", "transfer", "adaptive")
 
 
 class _Checker:
@@ -119,8 +120,12 @@ def check_record(record: Any, path: str | os.PathLike, *, spec_version: str | No
     checker.get(record, "provenance", "")
     if record["clean"]["n"] != n:
         raise checker.fail("clean.n", f"{record['clean']['n']} differs from the record's n = {n}")
+    check_known_keys(record, Path(path))
+    spec = check_against_spec(record, Path(path))
     if check_examples:
         _check_examples_agree(record, Path(path), checker)
+        current = spec.version == load_spec().version
+        check_derived_numbers(record, read_outcomes(Path(path)), spec, Path(path), flags=current)
     return record
 
 

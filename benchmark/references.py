@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ThreatbenchError
+from benchmark.untrusted import LINK_HOSTS, allowed_link, excerpt, hub_tree_link, markdown_code
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,6 +81,9 @@ def _reference(table: dict[str, Any], where: str) -> Reference:
         if not isinstance(table.get(key), str) or not table[key]:
             raise ReferenceError(f"{where}.{key}: missing or not a string")
     where = f"{where} ({table['name']})"
+    if allowed_link(table["paper"]) is None:
+        raise ReferenceError(f"{where}.paper: {excerpt(table['paper'])} is not an https:// link to "
+                             f"{', '.join(LINK_HOSTS)}, the hosts a page links to")
     hub = table.get("hub") or {}
     revision = hub.get("revision") or None
     if revision is not None and not FULL_SHA.fullmatch(revision):
@@ -113,9 +117,9 @@ def load_references(directory: Path = REFERENCES_DIR) -> dict[str, list[Referenc
 
 
 def hub_link(reference: Reference) -> str:
+    """Markdown for a page: the pinned Hub revision as a link, its repository as code otherwise."""
     if reference.hub_repo is None:
         return "not on the Hub"
     if reference.hub_revision is None:
-        return f"`{reference.hub_repo}` (revision not pinned yet)"
-    return (f"[{reference.hub_repo}@{reference.hub_revision[:7]}]"
-            f"(https://huggingface.co/{reference.hub_repo}/tree/{reference.hub_revision})")
+        return f"{markdown_code(reference.hub_repo)} (revision not pinned yet)"
+    return hub_tree_link(reference.hub_repo, reference.hub_revision)

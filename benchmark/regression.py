@@ -19,7 +19,6 @@ resource (data, weights, GPU) is a skip that names it, never a pass.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,8 +33,8 @@ from benchmark.defense import Defense, file_sha256
 from benchmark.entries import judged_defense
 from benchmark.record_check import load_record
 from benchmark.references import load_references
-from benchmark.results import read_outcomes
-from benchmark.spec import Spec, load_spec
+from benchmark.results import RecordError, read_outcomes
+from benchmark.spec import Spec, load_spec, spec_for_record
 from benchmark.stats import intervals_overlap, wilson_interval
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -159,6 +158,17 @@ def _device_for(record: dict[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
+def regression_sample(record_path: Path, n: int, size: int) -> np.ndarray:
+    """The examples a replay re-measures: `size` of the record's n, uniformly at random, keyed by the
+    sha256 of the record file, so that no fixed part of the subset is the only one ever replayed.
+    A record with m of its n per-example bits changed is caught by one replay with probability
+    1 - C(n - m, size) / C(n, size) (leaderboard/README.md quotes it)."""
+    from benchmark.cascade import adaptive_subsample
+
+    key = int(file_sha256(record_path)[:15], 16)
+    return np.flatnonzero(adaptive_subsample(n, min(size, n), key))
+
+
 def adaptive_replay_examples(record: dict[str, Any], outcomes: dict[str, Any]) -> np.ndarray | None:
     """The examples whose NAttack outcome a replay re-measures: the record's first attacked ones (its
     subsample under spec v2 is spread over all n). None for a spec v1 record (its first examples)."""
@@ -172,20 +182,22 @@ def adaptive_replay_examples(record: dict[str, Any], outcomes: dict[str, Any]) -
 
 def _replay_evaluation(record: dict[str, Any], spec: Spec, device: torch.device, families: tuple[str, ...],
                        **options: Any) -> dict[str, Any]:
+    return _replay(record, spec, device, families, **options).outcomes
+
+
+def _replay(record: dict[str, Any], spec: Spec, device: torch.device, families: tuple[str, ...],
+            **options: Any):
     from benchmark.evaluate import EntryInfo, evaluate
 
     defense = defense_from_record(record, spec, device)
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            evaluate(defense, record["dataset"], budget=REGRESSION_BUDGET, seed=record["seed"],
-                     out=Path(directory) / "regression.json", device=device,
-                     batch_size=record["provenance"].get("batch_size"), spec=spec, progress=False,
-                     entry=EntryInfo(name=record["entry"]["name"]), families=families,
-                     memory_format=record["provenance"].get("memory_format", "contiguous"),
-                     cudnn_autotune=record["provenance"].get("cudnn_autotune", False), **options)
-        except DataError as error:
-            raise MissingResource(f"the {record['dataset']} data directory is missing: {error}") from None
-        return read_outcomes(Path(directory) / "regression.json")
+    try:
+        return evaluate(defense, record["dataset"], budget=REGRESSION_BUDGET, seed=record["seed"],
+                        device=device, batch_size=record["provenance"].get("batch_size"), spec=spec,
+                        progress=False, entry=EntryInfo(name=record["entry"]["name"]), families=families,
+                        memory_format=record["provenance"].get("memory_format", "contiguous"),
+                        cudnn_autotune=record["provenance"].get("cudnn_autotune", False), **options)
+    except DataError as error:
+        raise MissingResource(f"the {record['dataset']} data directory is missing: {error}") from None
 
 
 @cache
@@ -206,7 +218,15 @@ def replay(record_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     chosen = adaptive_replay_examples(record, read_outcomes(record_path))
     replayed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     first = tuple(f for f in families if f != "adaptive") if chosen is not None else families
-    if first:
+    if first and chosen is not None:   # spec v2: a random sample of the record's n examples
+        sample = regression_sample(record_path, record["n"], spec.dataset(record["dataset"]).budgets[
+            REGRESSION_BUDGET].n)
+        spec = regression_spec(load_spec(), record, n=record["n"])
+        outcomes = _replay_evaluation(record, spec, device, first, examples=sample)
+        for name, outcome in outcomes.items():
+            if outcome.n == record["n"]:   # not the eps = 1 diagnostic (its first examples only)
+                replayed[name] = (sample, outcome.correct[:, sample])
+    elif first:   # spec v1 records are superseded and not replayed; kept for a replay of the first n
         outcomes = _replay_evaluation(record, spec, device, first)
         for name, outcome in outcomes.items():
             replayed[name] = (np.arange(outcome.n), outcome.correct)
@@ -226,21 +246,74 @@ def compare(record_path: Path, measurement: str) -> None:
     """Assert the replayed outcomes of one measurement agree with the recorded ones."""
     record = load_record(record_path)
     columns, replayed = replay(record_path)[measurement]
+    problem = disagreement(record, measurement, columns, replayed,
+                           read_outcomes(record_path)[measurement].correct[:, columns])
+    assert problem is None, problem
+
+
+def disagreement(record: dict[str, Any], measurement: str, columns: np.ndarray, replayed: np.ndarray,
+                 recorded: np.ndarray) -> str | None:
+    """Why replayed outcomes disagree with recorded ones (None: they agree): bit for bit for a
+    deterministic entry on the recorded device type, else within overlapping 95% intervals."""
     k = replayed.shape[1]
-    recorded = read_outcomes(record_path)[measurement].correct[:, columns]
-    assert k > 0, f"{record['entry']['name']} {measurement}: nothing was replayed"
+    if k == 0:
+        return f"{record['entry']['name']} {measurement}: nothing was replayed"
     exact = (not record["randomness"]["attacked_as_randomized"]
              and _device_for(record).type == record["provenance"].get("device", "cpu").split(":")[0])
     if exact:
         differing = np.flatnonzero(replayed[0] != recorded[0])
+        if differing.size == 0:
+            return None
         where = (f"of the first {k}" if np.array_equal(columns, np.arange(k))
                  else f"(by index in the evaluation subset) of the {k} replayed")
-        assert differing.size == 0, (
-            f"{record['entry']['name']} {measurement}: examples {columns[differing].tolist()} {where} "
-            f"changed outcome ({int(recorded[0].sum())} correct recorded, {int(replayed[0].sum())} now)")
-        return
+        shown = columns[differing][:10].tolist()
+        more = f" and {differing.size - len(shown)} more" if differing.size > len(shown) else ""
+        return (f"{record['entry']['name']} {measurement}: examples {shown}{more} {where} changed outcome "
+                f"({int(recorded[0].sum())} correct recorded, {int(replayed[0].sum())} now)")
     recorded_interval = wilson_interval(int(round(recorded.sum(axis=1).mean())), k)
     replayed_interval = wilson_interval(int(round(replayed.sum(axis=1).mean())), k)
-    assert intervals_overlap(recorded_interval, replayed_interval), (
-        f"{record['entry']['name']} {measurement}: accuracy on the first {k} examples moved from "
-        f"{recorded_interval} to {replayed_interval} (95% intervals no longer overlap)")
+    if intervals_overlap(recorded_interval, replayed_interval):
+        return None
+    return (f"{record['entry']['name']} {measurement}: accuracy on {k} replayed examples moved from "
+            f"{recorded_interval} to {replayed_interval} (95% intervals no longer overlap)")
+
+
+def check_clean_bits(record_path: Path) -> None:
+    """Re-predict every clean example of a record, and check the evaluation subset's sha256.
+
+    The cheapest evidence against a per-example file edited together with every number derived from
+    it (benchmark.record_verify cannot see that): raises RecordError when the bits or the subset differ,
+    MissingResource when the weights or the data are not on this machine."""
+    record = load_record(record_path)
+    spec = spec_for_record(record["spec"]["version"], record["spec"]["sha256"])
+    spec = regression_spec(spec, record, n=record["n"])
+    result = _replay(record, spec, _device_for(record), (), consistency_check=False)
+    if result.record["subset_sha256"] != record["subset_sha256"]:
+        raise RecordError(f"{record_path}: field 'subset_sha256': {record['subset_sha256'][:12]}..., but the "
+                          f"first {record['n']} {record['dataset']} evaluation examples hash to "
+                          f"{result.record['subset_sha256'][:12]}...")
+    columns = np.arange(record["n"])
+    problem = disagreement(record, "clean", columns, result.outcomes["clean"].correct,
+                           read_outcomes(record_path)["clean"].correct)
+    if problem is not None:
+        raise RecordError(f"{record_path}: the per-example file does not match the model: {problem}")
+
+
+def check_committed_evidence(results_dir: Path, spec_version: str) -> list[str]:
+    """`threatbench leaderboard --check`: every record verified on load (benchmark.record_verify), and
+    the clean bits of every current-spec record re-predicted; one line per record."""
+    lines = []
+    for path in sorted(results_dir.rglob("*.json")):
+        if path.name.endswith(".examples.json"):
+            continue
+        record = load_record(path)
+        name = f"{record['dataset']}/{record['entry']['name']} ({record['budget']}, spec {record['spec']['version']})"
+        if record["spec"]["version"] != spec_version:
+            lines.append(f"{name}: numbers recomputed from its per-example file (superseded: not re-predicted)")
+            continue
+        try:
+            check_clean_bits(path)
+        except MissingResource as missing:
+            raise RecordError(f"{path}: cannot verify its clean bits: {missing}") from None
+        lines.append(f"{name}: numbers recomputed; {record['n']} clean predictions re-made, agreeing")
+    return lines

@@ -23,6 +23,11 @@ else:  # pragma: no cover
 SPEC_DIR = Path(__file__).parent / "spec"
 DEFAULT_SPEC_PATH = SPEC_DIR / "v2.toml"
 SPEC_SCHEMA = "threatbench.spec/1"
+# Byte forms of a frozen spec that records pin besides the file's own: v1.toml's header comment once
+# cited a file outside the repository (tests/test_spec.py restores those bytes; no value differs).
+EARLIER_SHA256 = {"1.0.0": ("6d9fd7b89bfab4fd43e89a1355165bd34396ca1544d2ad9b6c1d81b78c7400cc",)}
+
+FAMILIES = ("white_box", "transfer", "adaptive")   # the three attack families, cheapest first
 
 WHITE_BOX_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd")
 MARGIN_ATTACKS = ("pgd_margin", "epgd_margin")   # spec v2 on; optional so that v1 stays readable
@@ -477,3 +482,17 @@ def load_spec(path: str | Path | None = None) -> Spec:
         return parse_spec(document, sha256=hashlib.sha256(raw).hexdigest(), path=path)
     except SpecError as error:
         raise SpecError(f"{path.name}: {error}") from None
+
+
+def spec_for_record(version: str, sha256: str) -> Spec:
+    """The packaged spec of `version`, if `sha256` is its file's (or an earlier byte form of it)."""
+    for path in sorted(SPEC_DIR.glob("v*.toml")):
+        spec = load_spec(path)
+        if spec.version != version:
+            continue
+        if sha256 not in (spec.sha256, *EARLIER_SHA256.get(version, ())):
+            raise SpecError(f"sha256 {sha256[:12]}... is not that of spec {version} ({spec.sha256[:12]}...): "
+                            "the record was measured under another threat model; re-evaluate it")
+        return spec
+    raise SpecError(f"version {version!r} is not a spec this threatbench knows "
+                    f"({', '.join(sorted(p.stem for p in SPEC_DIR.glob('v*.toml')))})")

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmark.architectures import TIMM_PREFIX
+from benchmark.architectures import TIMM_PREFIX, check_architecture
 from benchmark.data import DataError, load_evaluation_set
 from benchmark.defense import Defense
 from benchmark.entries import judged_defense
+from benchmark.errors import ArchitectureError
 from benchmark.evaluate import EntryInfo, check_defense_output
 from benchmark.hub import FetchedFiles
 from benchmark.manifest import Manifest, ManifestError
 from benchmark.spec import DatasetSpec
 from benchmark.stats import wilson_interval
+from benchmark.untrusted import excerpt
 
 
 @dataclass(frozen=True)
@@ -33,34 +36,67 @@ class ResolvedModel:
     normalization: dict[str, list[float]] | None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a repeated key is refused (json.loads would silently keep the last)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the key {excerpt(key)} appears twice in one object; give each key once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _not_a_number(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number; give finite numbers")
+
+
 def _config_document(path: Path, where: str) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{where}: config.json is not valid JSON: {error}") from None
+        document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys,
+                              parse_constant=_not_a_number)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ManifestError(f"{where}: config.json is not valid JSON: {str(error)[:120]}") from None
+    except ValueError as error:
+        raise ManifestError(f"{where}: config.json: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("architecture"), str):
         raise ManifestError(f"{where}: config.json has no \"architecture\" (a timm model name), as "
                             "timm's save_for_hf writes it")
     return document
 
 
+def _config_field(document: dict[str, Any], key: str, where: str, kind: type, what: str) -> Any:
+    """document[key] (dotted into pretrained_cfg) when present, of `kind`; else None."""
+    table = document
+    *parents, last = key.split(".")
+    for parent in parents:
+        table = table.get(parent) or {}
+    value = table.get(last)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise ManifestError(f"{where}: config.json {key} must be {what}, got {excerpt(value)}")
+    return value
+
+
 def resolve_config(path: Path, dataset: DatasetSpec, where: str) -> ResolvedModel:
     """The timm architecture and normalization a timm config.json declares, checked against the spec."""
-    import timm
-
     document = _config_document(path, where)
     name = document["architecture"]
-    if not timm.is_model(name):
-        raise ManifestError(f"{where}: config.json names architecture {name!r}, which timm does not "
-                            "have; only timm architectures can come from a config.json")
-    pretrained = document.get("pretrained_cfg") or {}
-    classes = document.get("num_classes", pretrained.get("num_classes"))
+    try:
+        check_architecture(f"{TIMM_PREFIX}{name}")
+    except ArchitectureError:
+        raise ManifestError(f"{where}: config.json names architecture {excerpt(name)}, which timm does not "
+                            "have; only timm architectures (by registry name) can come from a "
+                            "config.json") from None
+    pretrained = _config_field(document, "pretrained_cfg", where, dict, "an object (as timm's save_for_hf "
+                               "writes it)") or {}
+    classes = _config_field(document, "num_classes", where, int, "an integer")
+    if classes is None:
+        classes = _config_field(document, "pretrained_cfg.num_classes", where, int, "an integer")
     if classes is not None and classes != dataset.num_classes:
         raise ManifestError(f"{where}: config.json says num_classes {classes}, {dataset.name} has "
                             f"{dataset.num_classes}; the model's output must have one logit per class")
-    size = pretrained.get("input_size")
-    if size is not None and tuple(size) != tuple(dataset.input_shape):
-        raise ManifestError(f"{where}: config.json's input_size {list(size)} differs from the spec's "
+    size = _config_field(document, "pretrained_cfg.input_size", where, list, "a list [channels, height, width]")
+    if size is not None and size != list(dataset.input_shape):
+        raise ManifestError(f"{where}: config.json's input_size {excerpt(size)} differs from the spec's "
                             f"{list(dataset.input_shape)} for {dataset.name}; every entry is judged on "
                             "the spec's fixed preprocessing")
     normalization = None
@@ -71,11 +107,12 @@ def resolve_config(path: Path, dataset: DatasetSpec, where: str) -> ResolvedMode
 
 
 def _channel_values(values: Any, key: str, channels: int, where: str) -> list[float]:
+    low = 1e-6 if key == "std" else -10.0   # the bounds of a manifest's preprocessing
     if (not isinstance(values, list) or len(values) != channels
-            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values)
-            or (key == "std" and any(v <= 0 for v in values))):
+            or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                   or not low <= v <= 10.0 for v in values)):
         raise ManifestError(f"{where}: config.json pretrained_cfg.{key} must be {channels} number(s), one per "
-                            f"input channel{' and > 0' if key == 'std' else ''}; got {values!r}")
+                            f"input channel, finite and in [{low:g}, 10]; got {excerpt(values)}")
     return [float(v) for v in values]
 
 

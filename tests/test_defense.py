@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import pytest
@@ -162,6 +163,24 @@ def test_unknown_timm_model(name):
         assert "timm.list_models" in message   # how to list the valid names
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    ("pni:timm:local-dir:/some/dir", "architecture 'pni:timm:local-dir:/some/dir': timm:<name> takes a timm "
+                                     "registry name only"),
+    ("cni:timm:hf-hub:evil/model", "architecture 'cni:timm:hf-hub:evil/model': timm:<name> takes a timm "
+                                   "registry name only"),
+    ("pni:pni:mnist_a", "architecture 'pni:pni:mnist_a': weight noise wraps an architecture once"),
+    ("pni:" * 1500 + "mnist_a", "architecture 'pni:pni:pni:pni:pni:pni:pni:pni:pni:pni:'... (6,007 characters) "
+                                "is longer than 200 characters"),
+])
+def test_prefixes_compose_once_and_never_reach_timm_sources(monkeypatch, name, message):
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm was asked to build"))
+    with pytest.raises(ArchitectureError) as info:
+        build(name, 10)
+    assert str(info.value).startswith(message)
+
+
 # ---------------------------------------------------------------- weights
 
 
@@ -302,6 +321,54 @@ def test_fp16_weights_load_into_float32(tmp_path):
         assert loaded[key].dtype == torch.float32
         torch.testing.assert_close(loaded[key], value, rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(loaded[key], value.half().float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int64, torch.bool, torch.float8_e4m3fn,
+                                   torch.float64])
+def test_weights_of_another_dtype_are_refused_not_cast(tmp_path, dtype):
+    state = {k: v.to(dtype).contiguous() for k, v in build("mnist_d", 10).network.state_dict().items()}
+    path = tmp_path / "cast.safetensors"
+    save_file(state, str(path))
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(WeightsError) as info:
+        load("mnist_d", path, num_classes=10)
+    assert str(info.value) == (
+        f"{path}: 10 tensor(s) stored as {name} (e.g. '1.bias' is {name}); weights must be float16, bfloat16 "
+        "or float32. Convert with {k: v.float() for k, v in state_dict.items()} before save_file")
+
+
+def test_bfloat16_weights_and_integer_buffers_load(tmp_path):
+    network = build("resnet20", 10).network   # BatchNorm: an int64 num_batches_tracked per layer
+    state = {k: (v.bfloat16() if v.is_floating_point() else v).contiguous() for k, v in network.state_dict().items()}
+    assert any(v.dtype == torch.int64 for v in state.values())
+    save_file(state, str(tmp_path / "bf16.safetensors"))
+    defense = load("resnet20", tmp_path / "bf16.safetensors", num_classes=10)
+    assert defense.model.network.conv1.weight.dtype == torch.float32
+
+
+def _with_repeated_header_key(source, target, key: str):
+    """`source` with a second header entry for `key` (same offsets), as a hand-made file could have."""
+    raw = source.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + size].decode().rstrip()
+    entry = json.dumps(json.loads(header)[key])
+    repeated = (header[:-1] + f',"{key}":{entry}}}').encode()
+    repeated += b" " * (-len(repeated) % 8)
+    target.write_bytes(len(repeated).to_bytes(8, "little") + repeated + raw[8 + size:])
+    return target
+
+
+def test_a_safetensors_header_that_names_a_tensor_twice_is_refused(mnist_d_weights, tmp_path):
+    _, path = mnist_d_weights
+    doubled = _with_repeated_header_key(path, tmp_path / "doubled.safetensors", "1.bias")
+    from safetensors import safe_open
+
+    with safe_open(str(doubled), framework="pt") as handle:   # the parser alone keeps one silently
+        assert "1.bias" in handle.keys()
+    with pytest.raises(WeightsError) as info:
+        read_safetensors(doubled)
+    assert str(info.value) == (f"{doubled}: the safetensors header names '1.bias' twice; a file holds each "
+                               "tensor once (save it again with safetensors' save_file)")
 
 
 def test_weights_error_is_a_user_error():

@@ -47,6 +47,9 @@ def test_the_committed_references_load_with_the_papers_numbers_as_accuracies():
     (('revision = "909cbadce5c7ab2fa85d7a37d352c350dc2a14b3"', 'revision = ""'), "revision_note: required"),
     (("top1 = 78.0", "top1 = 178.0"), "top1: expected an accuracy in %"),
     (('source = "Table 5"', 'source = "Table 5"\nmeasured = 1'), "measured: unknown key"),
+    (('paper = "https://arxiv.org/abs/1"', 'paper = "javascript:alert(1)"'),
+     r"\(m\)\.paper: 'javascript:alert\(1\)' is not an https:// link to arxiv.org, doi.org, openreview.net, "
+     "huggingface.co, github.com, the hosts a page links to"),
 ])
 def test_a_bad_reference_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(ReferenceError, match=message):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from records import rederive
 
 from benchmark import regression
 from benchmark.regression import MissingResource, compare, regression_cases
@@ -44,18 +45,44 @@ def test_a_committed_deterministic_record_replays_exactly(d_copy):
 
 
 @requires_fashion
-def test_a_perturbed_record_fails_its_regression(d_copy):
+def test_a_perturbed_record_fails_its_regression(d_copy, monkeypatch):
+    """One fgsm bit changed among the replayed examples, every number re-derived to match (so the
+    record loads): the replay of the model catches it. (The sample is keyed by the file, which the
+    forgery changes: the test keeps the first file's sample.)"""
+    sample = regression.regression_sample(d_copy, 3000, regression.REGRESSION_N)
     examples = json.loads(examples_path(d_copy).read_text())
     entry = examples["measurements"]["fgsm"]
     bits = decode_bits(entry["bits"][0], entry["n"])
-    bits[3] = not bits[3]                      # one of the replayed examples changes outcome
+    changed = int(sample[3])
+    bits[changed] = not bits[changed]
     entry["bits"][0] = encode_bits(bits)
     examples_path(d_copy).write_text(json.dumps(examples))
-    record = json.loads(d_copy.read_text())
-    record["attacks"]["fgsm"]["correct"] += 1 if bits[3] else -1
-    d_copy.write_text(json.dumps(record))
-    with pytest.raises(AssertionError, match=r"examples \[3\] of the first 40 changed outcome"):
+    rederive(d_copy)
+    monkeypatch.setattr(regression, "regression_sample", lambda *args: sample)
+    with pytest.raises(AssertionError, match=rf"examples \[{changed}\] \(by index in the evaluation subset\) of "
+                                             "the 40 replayed changed outcome"):
         compare(d_copy, "fgsm")
+
+
+def test_the_replayed_sample_is_uniform_and_keyed_by_the_record_file(d_copy):
+    first = regression.regression_sample(d_copy, 3000, 40)
+    assert len(first) == 40 and len(set(first.tolist())) == 40 and first.max() < 3000
+    assert np.array_equal(first, regression.regression_sample(d_copy, 3000, 40)), "fixed for a given file"
+    assert first.max() >= 40, "not the first examples"
+    d_copy.write_text(d_copy.read_text() + "\n")   # another file, another sample
+    assert not np.array_equal(first, regression.regression_sample(d_copy, 3000, 40))
+
+
+def test_the_documented_chance_of_catching_changed_bits_is_the_formula():
+    """docs/record-format.md quotes 1 - C(n - m, k) / C(n, k) at n = 3000, k = REGRESSION_N."""
+    from math import comb
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "record-format.md").read_text()
+    assert f"k = {regression.REGRESSION_N}, randomized entries {regression.REGRESSION_N_RANDOMIZED}" in page
+    for changed, shown in ((1, "1.3%"), (30, "33%"), (150, "87%"), (300, "98.6%")):
+        chance = 1 - comb(3000 - changed, regression.REGRESSION_N) / comb(3000, regression.REGRESSION_N)
+        assert f"{100 * chance:.{max(0, len(shown.split('.')[-1]) - 1) if '.' in shown else 0}f}%" == shown
+        assert shown in page
 
 
 def test_missing_weights_skip_with_their_sha256_named(d_copy):

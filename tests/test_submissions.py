@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from benchmark.cli import main
 from benchmark.defense import file_sha256
 from benchmark.hub import HubError, fetch, store_dir
-from benchmark.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest
+from benchmark.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest, taken_names
 from benchmark.results import read_record
 from tests.conftest import requires_fashion, write_small_spec
 from tests.local_hub import OLAH_REASON, LocalHub, olah_installed
@@ -139,6 +139,202 @@ def test_manifest_name_must_match_its_file_and_yaml_objects_are_never_constructe
     assert not (tmp_path / "pwned").exists()
 
 
+# ---------------------------------------------------------------- what an attacker tries (offline)
+
+TIMM_ONLY = ("timm:<name> takes a timm registry name only (letters, digits, '_', '.', '-'), no source such "
+             "as hf-hub: or local-dir: and no path; the weights come only from the pinned safetensors file; "
+             "or use architecture: config.json with a timm config.json in the repository")
+
+
+def refusal(tmp_path: Path, document: dict | None = None, text: str | None = None,
+            name: str = "robust-a") -> str:
+    """The one-line message load_manifest refuses the manifest with (the CLI prints the same)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600, "one short line"
+    return message
+
+
+@pytest.mark.parametrize(("architecture", "message"), [
+    ("pni:timm:local-dir:/some/dir", f"model.architecture: architecture 'pni:timm:local-dir:/some/dir': {TIMM_ONLY}"),
+    ("pni:timm:hf-hub:evil/model", f"model.architecture: architecture 'pni:timm:hf-hub:evil/model': {TIMM_ONLY}"),
+    ("cni:timm:hf_hub:evil/model", f"model.architecture: architecture 'cni:timm:hf_hub:evil/model': {TIMM_ONLY}"),
+    ("timm:local-dir:/some/dir", f"model.architecture: architecture 'timm:local-dir:/some/dir': {TIMM_ONLY}"),
+    ("pni:timm:evil/model", f"model.architecture: architecture 'pni:timm:evil/model': {TIMM_ONLY}"),
+    ("pni:cni:mnist_a", "model.architecture: architecture 'pni:cni:mnist_a': weight noise wraps an architecture "
+                        "once (pni:<name> or cni:<name>), never another noise wrapper; or use architecture: "
+                        "config.json with a timm config.json in the repository"),
+    ("pni:" * 1500 + "mnist_a", "model.architecture: 'pni:pni:pni:pni:pni:pni:pni:pni:pni:pni:'... (6,007 "
+                                "characters) is longer than 200 characters; shorten it"),
+])
+def test_registry_prefixes_never_reach_timm_sources_or_recurse(tmp_path, monkeypatch, architecture, message):
+    import timm
+
+    def no_timm(*args, **kwargs):
+        raise AssertionError("timm was asked to build or look up a model")
+
+    monkeypatch.setattr(timm, "create_model", no_timm)
+    monkeypatch.setattr(timm, "is_model", no_timm)
+    document = manifest_document(architecture=architecture, randomized=True)
+    assert refusal(tmp_path, document) == f"robust-a.yaml: {message}"
+
+
+def test_a_timm_registry_name_still_validates(tmp_path):
+    document = manifest_document(architecture="pni:timm:resnet18.a1_in1k", randomized=True)
+    assert load_manifest(write_manifest(tmp_path, document)).model.architecture == "pni:timm:resnet18.a1_in1k"
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("TRADES-WRN-34-10", "name: 'TRADES-WRN-34-10' is already the reference entry 'TRADES-WRN-34-10' (cifar10)"),
+    ("trades_wrn.34_10", "name: 'trades_wrn.34_10' is already the reference entry 'TRADES-WRN-34-10' (cifar10)"),
+    ("a-adv", "name: 'a-adv' is already the zoo entry 'A_adv' (fashion-mnist)"),
+    ("INCEPTION_V3.tf_in1k", "name: 'INCEPTION_V3.tf_in1k' is already the reference entry 'inception_v3.tf_in1k' "
+                             "(imagenet)"),
+])
+def test_a_submission_cannot_take_the_name_of_a_zoo_or_reference_entry(tmp_path, name, message):
+    assert refusal(tmp_path, manifest_document(name), name=name) == (
+        f"{name}.yaml: {message}; names are compared ignoring case and punctuation, so that no submission "
+        "can be read as another entry. Choose another name (and rename the file)")
+
+
+def test_a_submission_cannot_take_the_name_of_another_submission(tmp_path):
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    write_manifest(submissions, manifest_document("robust-a"))
+    load_manifest(submissions / "robust-a.yaml")   # its own name is not a collision (an update)
+    path = write_manifest(tmp_path, manifest_document("Robust_A"))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, taken=taken_names(path, submissions))
+    assert str(info.value) == (
+        "Robust_A.yaml: name: 'Robust_A' is already the submission 'robust-a' (robust-a.yaml); names are "
+        "compared ignoring case and punctuation, so that no submission can be read as another entry. Choose "
+        "another name (and rename the file)")
+    write_manifest(submissions, manifest_document("ROBUST.a"))   # beside it, in the same pull request
+    assert "is already the submission 'robust-a'" in refusal(submissions, manifest_document("ROBUST.a"),
+                                                              name="ROBUST.a")
+
+
+def _bomb(levels: int) -> str:
+    """A billion-laughs document: `levels` lists of nine aliases of the one before, in authors."""
+    lines = ['- &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"- &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    text = yaml.safe_dump(manifest_document(), sort_keys=False)
+    return text.replace("authors:\n- Ada Example\n", "authors:\n" + "\n".join(lines) + "\n")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    text = _bomb(7)
+    assert len(text.encode()) < 1200   # 9**7 = 4.8 million strings once expanded
+    line = text.splitlines().index(text.split("authors:\n")[1].splitlines()[0]) + 1
+    assert refusal(tmp_path, text=text) == (f"robust-a.yaml: line {line}: YAML anchors and aliases (&name, *name) "
+                                            "are not allowed in a manifest; write each value out")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t.replace("license: MIT", "license: &l MIT"),
+     "line 7: YAML anchors and aliases (&name, *name) are not allowed in a manifest; write each value out"),
+    (lambda t: t.replace("  randomized: false\n", f"  randomized: false\n  sha256: '{'b' * 64}'\n"),
+     "model.sha256: duplicate key (line 13 and line 15); give each key once"),
+    (lambda t: t + "license: Apache-2.0\n", "license: duplicate key (line 7 and line 15); give each key once"),
+    (lambda t: t.replace("  randomized: false\n", "  randomized: false\n  <<: {sha256: x}\n"),
+     "model.<<: merge keys (<<) are not allowed in a manifest; write the keys out"),
+    (lambda t: t.replace("license: MIT", "license: " + "[" * 10 + "]" * 10),
+     "line 7: nested deeper than 6 levels; a manifest is a few flat mappings (see submissions/README.md)"),
+    (lambda t: t.replace("license: MIT", "license: MIT\n---\nlicense: MIT"),
+     "not valid YAML: line 8, column 1: expected a single document in the stream; but found another document"),
+])
+def test_yaml_anchors_duplicate_and_merge_keys_and_deep_nesting_are_refused(tmp_path, edit, message):
+    text = edit(yaml.safe_dump(manifest_document(), sort_keys=False))
+    assert refusal(tmp_path, text=text) == f"robust-a.yaml: {message}"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(license="x" * 20_000_000), "20,000,"),
+    (lambda d: d.update(license="x" * 101), "license: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (101 characters) "
+                                            "is longer than 100 characters; shorten it"),
+    (lambda d: d.update(authors=["A"] * 101), "authors: 101 names; at most 100 (add \"et al.\")"),
+    (lambda d: d.update(authors=["x" * 201]), "authors[0]: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (201 "
+                                              "characters) is longer than 200 characters; shorten it"),
+    (lambda d: d["model"].update(weights="model\x00.safetensors"),
+     "model.weights: 'model\\x00.safetensors' contains the control character \\x00 (a line break, NUL or "
+     "text-direction override); write one line of plain text"),
+    (lambda d: d["model"].update(weights="model\n.safetensors"),
+     "model.weights: 'model\\n.safetensors' contains the control character \\n (a line break, NUL or "
+     "text-direction override); write one line of plain text"),
+    (lambda d: d.update(claimed={"source": "Table 2 \u202e9.99", "pgd": 40}),
+     "claimed.source: 'Table 2 \\u202e9.99' contains the control character \\u202e (a line break, NUL or "
+     "text-direction override); write one line of plain text"),
+    (lambda d: d["model"].update(revision="x" * 10_000),
+     "model.revision: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (10,000 characters) is not a full 40-hex"),
+    (lambda d: d.update(authors=[["x" * 500] * 50]), "authors[0]: expected a non-empty string, got ['xxx"),
+])
+def test_field_lengths_are_capped_and_errors_quote_a_short_excerpt(tmp_path, change, message):
+    document = manifest_document()
+    change(document)
+    if message == "20,000,":
+        path = write_manifest(tmp_path, document)
+        size = path.stat().st_size
+        assert refusal(tmp_path, text=path.read_text()) == (
+            f"robust-a.yaml: {size:,} bytes; a manifest is at most 65,536 bytes")
+    else:
+        assert refusal(tmp_path, document).startswith(f"robust-a.yaml: {message}")
+
+
+@pytest.mark.parametrize("paper", [
+    "javascript:alert(1)", "http://arxiv.org/abs/1705.07204", "https://evil.example/abs/1705.07204",
+    "https://arxiv.org.evil.example/abs/1", "https://user@arxiv.org/abs/1", "https://arxiv.org/abs/1|99.9",
+    "https://arxiv.org/abs/1)<script>",
+])
+def test_the_paper_is_an_https_link_to_an_allowed_host(tmp_path, paper):
+    assert refusal(tmp_path, manifest_document() | {"paper": paper}) == (
+        f"robust-a.yaml: paper: {paper!r} is not an https:// link to arxiv.org, doi.org, openreview.net, "
+        "huggingface.co, github.com; link the paper's page there (e.g. https://arxiv.org/abs/...)")
+
+
+def test_markup_in_text_fields_is_accepted_as_text_and_escaped_on_pages(tmp_path):
+    document = manifest_document() | {"authors": ["<img src=x onerror=alert(1)>"], "license": "MIT | 99.9"}
+    document["claimed"] = {"source": "Table 2 | 99.9 | ranked #1 <script>alert(1)</script>", "pgd": 40}
+    manifest = load_manifest(write_manifest(tmp_path, document))
+    assert manifest.claimed["source"].startswith("Table 2 | 99.9")   # the page escapes it (test_page_safety)
+
+
+# ---------------------------------------------------------------- config.json (offline)
+
+CONFIG_WHERE = "robust-a.yaml (alice/timm-config)"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ('{"architecture": "resnet18", "pretrained_cfg": "abc"}',
+     "config.json pretrained_cfg must be an object (as timm's save_for_hf writes it), got 'abc'"),
+    ('{"architecture": "resnet18", "pretrained_cfg": {"input_size": 5}}',
+     "config.json pretrained_cfg.input_size must be a list [channels, height, width], got 5"),
+    ('{"architecture": "resnet18", "num_classes": "10"}', "config.json num_classes must be an integer, got '10'"),
+    ('{"architecture": "resnet18", "pretrained_cfg": {"mean": [NaN], "std": [0.5]}}',
+     "config.json: NaN is not a JSON number; give finite numbers"),
+    ('{"architecture": "resnet18", "pretrained_cfg": {"mean": [0.5], "std": [1e999]}}',
+     "config.json pretrained_cfg.std must be 1 number(s), one per input channel, finite and in [1e-06, 10]; "
+     "got [inf]"),
+    ('{"architecture": "resnet18", "architecture": "hf-hub:evil/model"}',
+     "config.json: the key 'architecture' appears twice in one object; give each key once"),
+    ('{"architecture": "local-dir:/some/dir"}',
+     "config.json names architecture 'local-dir:/some/dir', which timm does not have; only timm architectures "
+     "(by registry name) can come from a config.json"),
+    ("[" * 100_000 + "]" * 100_000, "config.json is not valid JSON: maximum recursion depth exceeded"),
+])
+def test_a_malformed_config_json_is_a_one_line_error(tmp_path, config, message):
+    from benchmark.spec import load_spec
+    from benchmark.submission import resolve_config
+
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ManifestError) as info:
+        resolve_config(tmp_path / "config.json", load_spec().dataset("fashion-mnist"), CONFIG_WHERE)
+    assert str(info.value).startswith(f"{CONFIG_WHERE}: {message}")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
 # ---------------------------------------------------------------- the local Hub flow
 
 
@@ -187,13 +383,28 @@ def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys,
     from benchmark.defense import load
     assert torch.equal(rebuilt(x), load("mnist_a", ZOO_A, num_classes=10)(x))
 
+    # Judged under a shrunken spec, the record is not one the leaderboard accepts: pages hold only
+    # records of a packaged spec with its budgets' sizes (benchmark.record_verify).
     code, output = run_cli(capsys, "leaderboard", "--dir", str(board))
-    assert code == 0
+    assert code != 0 and "is not that of spec 2.0.0" in output and len(output.strip().splitlines()) == 1
+
+    # The same entry with a true record of the packaged quick budget reaches the page as a submission.
+    from records import write_true_record
+
+    path = write_true_record(board, "robust-a", clean=0.9, white_box=0.1, transfer=0.5, nattack=0.1,
+                             budget="quick", kind="submission")
+    true_record = json.loads(path.read_text())
+    true_record["entry"].update({key: record["entry"][key] for key in ("weights", "submission", "architecture")})
+    path.write_text(json.dumps(true_record))
+    (board / "results" / "fashion-mnist" / "robust-a-quick.json").unlink()
+    (board / "results" / "fashion-mnist" / "robust-a-quick.examples.json").unlink()
+    code, output = run_cli(capsys, "leaderboard", "--dir", str(board))
+    assert code == 0, output
     page = (board / "fashion-mnist.md").read_text()
     row = next(line for line in page.splitlines() if line.startswith("| robust-a |"))
-    assert "| submission |" in row and "quick budget (n = 100)" in row
+    assert "| submission |" in row and "quick budget (n = 500)" in row
     assert f"alice/robust-a@{document['model']['revision'][:7]}" in row
-    assert "claimed" in page and "91.0" in page
+    assert "claimed" in page and "| robust-a | `clean` | 91 | 90.0 [87.1, 92.3] (quick) | our run |" in page
 
 
 @requires_olah

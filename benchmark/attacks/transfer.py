@@ -121,6 +121,43 @@ class CraftedExamples:
             position = piece_stop
         return torch.cat(pieces)
 
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """Crafted images for the listed examples, on the CPU: a contiguous range by chunks (cached);
+        scattered examples (the regression replay's random sample) from a cached chunk when there is
+        one, else crafted for themselves alone (every random draw is keyed by example)."""
+        first, count = int(indices[0]), len(indices)
+        if torch.equal(indices, torch.arange(first, first + count)):
+            return self.get(first, first + count)
+        rows: list[torch.Tensor | None] = []
+        for index in indices.tolist():
+            chunk_start = index - index % CHUNK
+            chunk = self._cached_chunk(chunk_start)
+            rows.append(None if chunk is None else chunk[index - chunk_start])
+        missing = [k for k, row in enumerate(rows) if row is None]
+        if missing:
+            crafted = self._craft_examples(indices[missing])
+            for k, row in zip(missing, crafted, strict=True):
+                rows[k] = row
+        return torch.stack(rows)
+
+    def _cached_chunk(self, chunk_start: int) -> torch.Tensor | None:
+        if self._chunk is not None and self._chunk[0] == chunk_start:
+            return self._chunk[1]
+        x_adv = self.cache.load(self.key, chunk_start, min(chunk_start + CHUNK, len(self.eval_set)))
+        if x_adv is not None:
+            self._chunk = (chunk_start, x_adv)
+        return x_adv
+
+    def _craft_examples(self, indices: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        items = [self.eval_set[int(i)] for i in indices]
+        batch = AttackBatch(torch.stack([item[0] for item in items]).to(self.device),
+                            torch.as_tensor([int(item[1]) for item in items], device=self.device), indices)
+        x_adv = run_white_box(self.attack, self.source.defense.to(self.device), batch,
+                              self.dataset.attacks[self.attack], self.dataset.eps, self.seed).cpu()
+        self.cache.crafted_seconds += time.perf_counter() - started
+        return x_adv
+
     def _load_chunk(self, chunk_start: int) -> torch.Tensor:
         if self._chunk is not None and self._chunk[0] == chunk_start:
             return self._chunk[1]
