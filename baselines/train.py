@@ -48,6 +48,7 @@ class TrainedWeights:
     path: Path
     sha256: str
     epoch: int
+    seconds: float | None = None   # training wall time up to this epoch (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool, device
     return sources
 
 
-def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int) -> TrainedWeights:
+def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int,
+                  seconds: float | None = None) -> TrainedWeights:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     temporary = path.with_suffix(".tmp")
     # One metadata key: safetensors writes several in no fixed order, which would change the sha256.
@@ -124,7 +126,7 @@ def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int
                             sort_keys=True)
     save_file(state, str(temporary), metadata={"threatbench": provenance})
     temporary.replace(path)
-    return TrainedWeights(path, file_sha256(path), epoch)
+    return TrainedWeights(path, file_sha256(path), epoch, None if seconds is None else round(seconds, 1))
 
 
 def _card(recipe: Recipe, final: TrainedWeights, snapshots: dict[int, TrainedWeights], steps: int,
@@ -134,7 +136,8 @@ def _card(recipe: Recipe, final: TrainedWeights, snapshots: dict[int, TrainedWei
         "recipe": recipe.name, "recipe_file": recipe.path.name, "recipe_sha256": recipe.sha256,
         "dataset": recipe.dataset, "architecture": recipe.architecture, "trainer": recipe.trainer,
         "weights": {"file": final.path.name, "sha256": final.sha256, "epoch": final.epoch},
-        "snapshots": {str(e): {"file": w.path.name, "sha256": w.sha256} for e, w in snapshots.items()},
+        "snapshots": {str(e): {"file": w.path.name, "sha256": w.sha256, "seconds": w.seconds}
+                      for e, w in snapshots.items()},
         "steps": steps, "training": training, **extra,
     }
 
@@ -147,8 +150,8 @@ def _read_run(recipe: Recipe, directory: Path) -> TrainingRun | None:
     if card.get("recipe_sha256") != recipe.sha256:
         return None
     final = TrainedWeights(directory / card["weights"]["file"], card["weights"]["sha256"],
-                           card["weights"]["epoch"])
-    snapshots = {int(e): TrainedWeights(directory / w["file"], w["sha256"], int(e))
+                           card["weights"]["epoch"], card.get("training", {}).get("seconds"))
+    snapshots = {int(e): TrainedWeights(directory / w["file"], w["sha256"], int(e), w.get("seconds"))
                  for e, w in card["snapshots"].items()}
     return TrainingRun(recipe, directory, final, snapshots)
 
@@ -197,7 +200,9 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
                 break
             if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
                 snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
-                                                     recipe, epoch + 1)
+                                                     recipe, epoch + 1, spent + time.perf_counter() - started)
+                # Beside the weights, not inside them: their bytes (and sha256) must not depend on time.
+                atomic_write_json(directory / f"epoch-{epoch + 1}.json", {"seconds": snapshots[epoch + 1].seconds})
             save_checkpoint(checkpoint, model.network, optimizer, epoch + 1,
                             spent + time.perf_counter() - started)
 
@@ -220,7 +225,9 @@ def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> di
     for epoch in recipe.save_epochs:
         path = directory / f"epoch-{epoch}.safetensors"
         if epoch <= first_epoch and epoch < recipe.epochs and path.is_file():
-            snapshots[epoch] = TrainedWeights(path, file_sha256(path), epoch)
+            timing = path.with_suffix(".json")
+            seconds = json.loads(timing.read_text()).get("seconds") if timing.is_file() else None
+            snapshots[epoch] = TrainedWeights(path, file_sha256(path), epoch, seconds)
     return snapshots
 
 

@@ -38,7 +38,9 @@ ROLES = ("defense", "undefended", "static")
 STORAGE = ("float32", "float16")
 REBUILT = "recipe"      # the `weights` value of an entry whose weights are rebuilt, not committed
 ENTRY_KEYS = {"name", "role", "architecture", "weights", "sha256", "storage", "recipe",
-              "recipe_sha256", "epoch", "paper", "base", "smoothing", "notes"}
+              "recipe_sha256", "epoch", "paper", "base", "smoothing", "notes", "train_images",
+              "training_seconds", "training_device"}
+TRAINING_KEYS = ("train_images", "training_seconds", "training_device")   # from the run's model.json
 
 
 class ZooError(ThreatbenchError, ValueError):
@@ -59,6 +61,9 @@ class ZooEntry:
     notes: str = ""
     base: str | None = None
     smoothing: SmoothingConfig | None = None
+    train_images: int | None = None         # None: exported before model.json recorded it
+    training_seconds: float | None = None   # the whole run's wall time (every resumed session)
+    training_device: str | None = None
 
     @property
     def committed(self) -> bool:
@@ -130,7 +135,8 @@ def _parse_entry(table: dict, where: str, by_name: dict[str, ZooEntry], root: Pa
                         recipe_sha256=base.recipe_sha256, epoch=base.epoch,
                         paper=table.get("paper", base.paper), notes=table.get("notes", ""),
                         base=base_name, smoothing=_smoothing(
-                            _required(table, "smoothing", dict, where), where))
+                            _required(table, "smoothing", dict, where), where),
+                        **{key: getattr(base, key) for key in TRAINING_KEYS})
     role = _required(table, "role", str, where)
     if role not in ROLES:
         raise ZooError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
@@ -147,7 +153,14 @@ def _parse_entry(table: dict, where: str, by_name: dict[str, ZooEntry], root: Pa
                     recipe_sha256=_required(table, "recipe_sha256", str, where),
                     epoch=_required(table, "epoch", int, where), paper=table.get("paper", ""),
                     notes=table.get("notes", ""),
-                    smoothing=_smoothing(table["smoothing"], where) if "smoothing" in table else None)
+                    smoothing=_smoothing(table["smoothing"], where) if "smoothing" in table else None,
+                    **_training(table, where))
+
+
+def _training(table: dict, where: str) -> dict:
+    """How the entry was trained (optional: entries exported before model.json recorded it)."""
+    kinds = {"train_images": int, "training_seconds": int | float, "training_device": str}
+    return {key: _required(table, key, kinds[key], where) if key in table else None for key in TRAINING_KEYS}
 
 
 def parse_zoo(text: str, path: Path) -> Zoo:
@@ -239,7 +252,7 @@ def _toml_value(value) -> str:
 def render_zoo(dataset: str, entries: list[dict]) -> str:
     """Deterministic TOML for a zoo: entries in the given order, keys in a fixed order."""
     order = ["name", "role", "base", "architecture", "weights", "sha256", "storage", "recipe",
-             "recipe_sha256", "epoch", "paper", "notes"]
+             "recipe_sha256", "epoch", *TRAINING_KEYS, "paper", "notes"]
     lines = [HEADER, f'schema = "{ZOO_SCHEMA}"', f'dataset = "{dataset}"']
     for entry in entries:
         lines += ["", "[[entries]]"]
@@ -265,6 +278,19 @@ def upsert_entry(path: Path, dataset: str, new_entry: dict) -> None:
     temporary.replace(path)
 
 
+def run_training(run, trained: TrainedWeights) -> dict:
+    """train_images, training_seconds (up to the exported epoch) and training_device, from the run's
+    model.json; empty for a run trained before model.json recorded them."""
+    card_path = run.directory / "model.json"
+    training = json.loads(card_path.read_text()).get("training") if card_path.is_file() else None
+    if not training:
+        return {}
+    seconds = training["seconds"] if trained.epoch == run.final.epoch else trained.seconds
+    return {"train_images": int(training["train_images"]),
+            **({} if seconds is None else {"training_seconds": float(seconds)}),
+            "training_device": str(training["device"])}
+
+
 def export_entry(run, *, name: str, role: str, epoch: int | None, storage: str, paper: str,
                  zoo_file: Path | None = None, commit: bool = True) -> dict:
     """Commit-ready zoo entry from a training run: weights copied (fp16 if asked), file updated."""
@@ -279,6 +305,6 @@ def export_entry(run, *, name: str, role: str, epoch: int | None, storage: str, 
     entry = {"name": name, "role": role, "architecture": recipe.architecture,
              "weights": relative, "sha256": sha256, "storage": storage,
              "recipe": f"{recipe.dataset}/{recipe.path.name}", "recipe_sha256": recipe.sha256,
-             "epoch": trained.epoch, "paper": paper}
+             "epoch": trained.epoch, **run_training(run, trained), "paper": paper}
     upsert_entry(zoo_file, recipe.dataset, entry)
     return entry

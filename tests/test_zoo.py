@@ -148,6 +148,42 @@ def test_export_writes_fp16_weights_and_a_loadable_entry(tmp_path):
     assert zoo_file.read_text() == first, "exporting the same run twice must give the same bytes"
 
 
+def test_export_records_how_long_and_on_what_the_entry_trained(tmp_path):
+    """The zoo file keeps model.json's training block: images, wall time (up to the exported epoch:
+    a kept snapshot has its own), device; the zoo table shows them."""
+    import json
+
+    from baselines.recipes import load_recipe
+    from baselines.zoo_table import _training_time
+
+    recipe = load_recipe("fashion-mnist/D.toml")
+    source = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    from benchmark.architectures import build
+    save_file(build("mnist_d", 10).network.state_dict(), str(source))
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"training": {"seconds": 1200.0, "device": "cpu: x86_64, 2 threads", "train_images": 60000}}))
+    final = TrainedWeights(source, file_sha256(source), 6, 1200.0)
+    snapshot = TrainedWeights(source, file_sha256(source), 3, 610.0)
+    run = TrainingRun(recipe, tmp_path, final, {3: snapshot})
+    zoo_file = tmp_path / "zoo" / "fashion-mnist.toml"
+    zoo_file.parent.mkdir()
+    export_entry(run, name="D6", role="static", epoch=None, storage="float16", paper="", zoo_file=zoo_file)
+    export_entry(run, name="D3", role="static", epoch=3, storage="float16", paper="", zoo_file=zoo_file)
+    zoo = load_zoo("fashion-mnist", zoo_file)
+    six, three = zoo.entry("D6"), zoo.entry("D3")
+    assert (six.train_images, six.training_seconds, six.training_device) == (60000, 1200.0, "cpu: x86_64, 2 threads")
+    assert three.training_seconds == 610.0 and three.epoch == 3
+    assert _training_time(six) == "20 min (CPU, 2 threads)"
+
+
+def test_the_readme_zoo_table_is_current():
+    from baselines.zoo_table import readme_table_is_current
+
+    assert readme_table_is_current(), "run `threatbench zoo table --write-readme` and commit README.md"
+
+
 def test_rendering_is_deterministic_and_round_trips():
     entries = [{"name": "X", "role": "defense", "architecture": "mnist_d", "weights": "w.safetensors",
                 "sha256": "b" * 64, "recipe": "r.toml", "recipe_sha256": "c" * 64, "epoch": 2,

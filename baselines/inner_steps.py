@@ -1,0 +1,105 @@
+"""How many inner attack steps a multi-step defense trains with: `python -m baselines.inner_steps`.
+
+Multi-step adversarial training (Madry et al. PGD, TRADES, PNI/CNI) costs about (steps + 1) forward
+and backward passes per batch, so on a 2-core CPU the number of inner steps decides how many epochs
+fit in a training budget. Rather than guess, this trains each recipe for a short, equal schedule at
+several step counts (step size 2.5 eps / steps, Madry et al.'s rule) and measures what each buys:
+clean accuracy and the judge's PGD accuracy (the spec's PGD, eps and random start) on the first test
+images. The recipes cite the result (docs/inner-steps.md). Each finished point is saved atomically,
+so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from baselines.recipes import load_recipe
+from baselines.train import train_recipe
+from benchmark.attacks.gradient import AttackBatch, run_white_box
+from benchmark.cache import cache_dir
+from benchmark.data import load_evaluation_set
+from benchmark.defense import load as load_defense
+from benchmark.results import atomic_write_json
+from benchmark.spec import load_spec
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "diagnostics" / "inner-steps"
+DEFAULT_STEPS = (2, 4, 7, 10)
+
+
+def study_recipe(recipe_path: str, steps: int, train_images: int, epochs: int):
+    """The recipe cut to the study's schedule, with `steps` inner steps of 2.5 eps / steps."""
+    recipe = load_recipe(recipe_path)
+    adversary = {**recipe.adversary, "steps": steps, "step_size": round(2.5 * recipe.adversary["eps"] / steps, 6)}
+    if "delay_epochs" in adversary:   # no clean-only epoch: the short schedule is all adversarial
+        adversary["delay_epochs"] = 0
+    return dataclasses.replace(recipe, epochs=epochs, save_epochs=(), train_limit=train_images,
+                               adversary=adversary, sha256=f"{recipe.sha256[:48]}-steps{steps}-{train_images}-{epochs}")
+
+
+def pgd_accuracy(weights: Path, architecture: str, n: int, seed: int) -> tuple[float, float]:
+    """(clean, PGD) accuracy of the first n test images under the spec's PGD."""
+    spec = load_spec()
+    dataset = spec.dataset("fashion-mnist")
+    eval_set = load_evaluation_set("fashion-mnist", n)
+    defense = load_defense(architecture, weights, num_classes=dataset.num_classes)
+    clean = robust = 0
+    for start in range(0, n, 250):
+        items = [eval_set[i] for i in range(start, min(start + 250, n))]
+        batch = AttackBatch(torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items]),
+                            torch.arange(start, start + len(items)))
+        clean += int((defense.predict(batch.x) == batch.y).sum())
+        x_adv = run_white_box("pgd", defense, batch, dataset.attacks["pgd"], dataset.eps, seed)
+        robust += int((defense.predict(x_adv) == batch.y).sum())
+    return clean / n, robust / n
+
+
+def run_study(recipe_path: str, steps_list: tuple[int, ...], *, train_images: int, epochs: int, n: int,
+              out_dir: Path) -> dict:
+    name = load_recipe(recipe_path).name
+    path = out_dir / f"{name}.json"
+    study = json.loads(path.read_text()) if path.is_file() else {
+        "recipe": recipe_path, "train_images": train_images, "epochs": epochs, "eval_n": n,
+        "attack": "the spec's PGD (fashion-mnist, eps 0.1)", "points": []}
+    done = {point["steps"] for point in study["points"]}
+    for steps in steps_list:
+        if steps in done:
+            continue
+        recipe = study_recipe(recipe_path, steps, train_images, epochs)
+        started = time.perf_counter()
+        run = train_recipe(recipe, cache_dir() / "inner-steps" / f"{name}-steps{steps}-{train_images}-{epochs}",
+                           progress=False)
+        seconds = time.perf_counter() - started
+        clean, robust = pgd_accuracy(run.final.path, recipe.architecture, n, load_spec().seed)
+        study["points"].append({"steps": steps, "step_size": recipe.adversary["step_size"],
+                                "train_seconds": round(seconds, 1), "clean": clean, "pgd": robust})
+        study["points"].sort(key=lambda point: point["steps"])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, study)
+        print(f"{name}: {steps} steps -> clean {100 * clean:.1f}%, PGD {100 * robust:.1f}% "
+              f"({seconds / 60:.1f} min of training)", flush=True)
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="+", help="recipes under baselines/recipes/, e.g. fashion-mnist/A_madry.toml")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS))
+    parser.add_argument("--train-images", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--n", type=int, default=1000, help="test images for clean and PGD accuracy")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
+    args = parser.parse_args(argv)
+    for recipe in args.recipes:
+        run_study(recipe, tuple(args.steps), train_images=args.train_images, epochs=args.epochs, n=args.n,
+                  out_dir=args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
