@@ -218,6 +218,19 @@ def entry_defense(entry: ZooEntry, num_classes: int, *, in_channels: int = 1,
                           randomized=entry.randomized, smoothing=smoothing, device=device)
 
 
+def load(dataset: str, name: str, *, device: str | torch.device = "cpu") -> Defense:
+    """A zoo entry as the judge sees it, in one call: `baselines.zoo.load("fashion-mnist", "A_adv")`.
+
+    Weights sha256-checked (rebuilt once from the recipe when not committed), smoothing applied for a
+    smoothed entry; the result is a `benchmark.defense.Defense` (an nn.Module: `predict`, `forward`)."""
+    from benchmark.spec import load_spec
+
+    entry = load_zoo(dataset).entry(name)
+    spec_dataset = load_spec().dataset(dataset)
+    return entry_defense(entry, spec_dataset.num_classes, in_channels=spec_dataset.input_shape[0],
+                         device=device)
+
+
 def export_weights(trained: TrainedWeights, destination: Path, storage: str) -> str:
     """Copy trained weights to the zoo, cast to `storage`; returns the new file's sha256."""
     state = read_safetensors(trained.path, sha256=trained.sha256)

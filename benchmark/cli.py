@@ -8,20 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from tabulate import tabulate
-
-from benchmark.cascade import adaptive_cell, describe_cascade
-from benchmark.data import DataError
-from benchmark.distributed import is_main_process, leave_process_group
 from benchmark.errors import ThreatbenchError
 from benchmark.kernel_tuning import MEMORY_FORMATS
-from benchmark.leaderboard import ranked_budgets
 from benchmark.spec import BUDGETS, WHITE_BOX_ATTACKS, Spec, load_spec
 
+if TYPE_CHECKING:   # the CLI imports torch only when a command needs it: `--help` stays fast
+    import torch
+
 EXIT_USER_ERROR = 2
+DEFAULT_BUDGET_HELP = ("default (every command that measures): full on a GPU, quick on a CPU (a smoke test, "
+                       "never ranked); standard gives ranked numbers on a CPU")
 EXIT_INTERRUPTED = 130
 
 
@@ -31,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _pick_device(requested: str | None) -> torch.device:
+    import torch
     if requested == "cuda" and not torch.cuda.is_available():
         raise ThreatbenchError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -62,6 +61,10 @@ def _result_rows(result) -> list[list[str]]:
 
 
 def format_result(result) -> str:
+    from tabulate import tabulate
+
+    from benchmark.cascade import describe_cascade
+    from benchmark.leaderboard import ranked_budgets
     record = result.record
     table = tabulate(_result_rows(result), tablefmt="github",
                      headers=["measurement", "family", "n", "accuracy %", "95% CI", "median queries",
@@ -115,6 +118,7 @@ def _describe_source(source) -> str:
 
 
 def format_spec(spec: Spec, dataset: str | None = None) -> str:
+    from tabulate import tabulate
     names = [dataset] if dataset else list(spec.datasets)
     blocks = [f"threat-model spec v{spec.version} ({spec.schema}), sha256 {spec.sha256}",
               f"norm {spec.norm}, pixels in [0, 1], default seed {spec.seed}, "
@@ -181,6 +185,7 @@ def command_spec(args) -> int:
 
 def command_evaluate(args) -> int:
     from benchmark.defense import file_sha256, load
+    from benchmark.distributed import is_main_process
     from benchmark.evaluate import EntryInfo, evaluate
 
     spec = load_spec(args.spec)
@@ -191,9 +196,12 @@ def command_evaluate(args) -> int:
                    name=args.name or args.arch)
     entry = EntryInfo(name=args.name or args.arch, architecture=args.arch,
                       weights={"file": Path(args.weights).name, "sha256": file_sha256(args.weights)})
-    out = args.out or _default_out(args.dataset, entry.name, args.budget)
+    budget, reason = _run_budget(args, device)
+    out = args.out or _default_out(args.dataset, entry.name, budget)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    result = evaluate(defense, args.dataset, budget=args.budget, seed=args.seed, out=out, device=device,
+    if is_main_process():
+        print(f"judging {entry.name} on {args.dataset}, budget {budget} ({reason}) -> {out}")
+    result = evaluate(defense, args.dataset, budget=budget, seed=args.seed, out=out, device=device,
                       batch_size=args.batch_size, data_dir=args.data_dir, entry=entry, spec=spec,
                       progress=not args.no_progress, families=families, **_numerics(args),
                       **_cascade(args))
@@ -204,6 +212,8 @@ def command_evaluate(args) -> int:
 
 
 def _run_budget(args, device: torch.device) -> tuple[str, str]:
+    """The one rule for every command that measures (run, evaluate, submission evaluate,
+    transfer-matrix): --budget if given, else `full` on a GPU and `quick` (a smoke test) on a CPU."""
     if args.budget:
         return args.budget, "--budget"
     if device.type == "cuda":
@@ -266,6 +276,7 @@ def _raised_flags(record) -> str:
 
 
 def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
+    from benchmark.cascade import adaptive_cell
     rows = []
     for record in records:
         rows.append([record["entry"]["name"], _percent(record["clean"]["accuracy"]),
@@ -275,7 +286,10 @@ def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
 
 
 def command_run(args) -> int:
+    from tabulate import tabulate
+
     from baselines.zoo import check_recipe, entry_defense, load_zoo
+    from benchmark.distributed import is_main_process
     from benchmark.evaluate import evaluate
 
     spec = load_spec()
@@ -321,6 +335,23 @@ def command_zoo_export(args) -> int:
                          storage=args.storage, paper=args.paper or "", commit=not args.rebuild)
     print(f"zoo entry {entry['name']}: weights {entry['weights']} (sha256 {entry['sha256']}, epoch "
           f"{entry['epoch']}, {entry['storage']})")
+    return 0
+
+
+def command_compare(args) -> int:
+    from benchmark.compare import load_compared, render, resolve_against
+    from benchmark.leaderboard import LEADERBOARD_DIR
+
+    if not args.records:
+        raise ThreatbenchError("give at least one record (a threatbench result .json)")
+    records = [load_compared(path) for path in args.records]
+    if args.against:
+        against = [name.strip() for text in args.against for name in text.split(",") if name.strip()]
+        results = Path(args.results_dir) if args.results_dir else LEADERBOARD_DIR / "results"
+        records += [load_compared(path) for path in resolve_against(records[0], against, results)]
+    if len(records) < 2:
+        raise ThreatbenchError("nothing to compare with: give two records, or --against zoo or entry names")
+    print(render(records))
     return 0
 
 
@@ -445,6 +476,8 @@ def _parse_model_argument(text: str) -> tuple[str, str, str]:
 
 
 def command_transfer_matrix(args) -> int:
+    from tabulate import tabulate
+
     from benchmark.attacks.transfer import (
         TRANSFER_ATTACKS,
         TransferCache,
@@ -471,7 +504,9 @@ def command_transfer_matrix(args) -> int:
     models += [TransferSource(f"{s.name} (held-out)", s.defense, s.sha256) for s in held_out]
     if not models:
         raise ThreatbenchError("no models: give at least one --model NAME=ARCH@WEIGHTS.safetensors")
-    budget = dataset.budget(args.budget)
+    name, reason = _run_budget(args, device)
+    print(f"transfer matrix on {args.dataset}, budget {name} ({reason})")
+    budget = dataset.budget(name)
     eval_set = load_evaluation_set(args.dataset, budget.n, args.data_dir)
     seed = spec.seed if args.seed is None else args.seed
     cache = TransferCache(transfer_cache_dir())
@@ -483,7 +518,7 @@ def command_transfer_matrix(args) -> int:
         errors = transfer_matrix(models, attack, eval_set, dataset, seed=seed, spec_sha256=spec.sha256,
                                  cache=cache, batch_size=batch_size, device=device)
         print(f"\n{attack} error rates (%) on {args.dataset}, eps {dataset.eps:g}, n = {budget.n} "
-              f"({args.budget} budget): rows = source (crafted on), columns = target; diagonal = white-box")
+              f"({name} budget): rows = source (crafted on), columns = target; diagonal = white-box")
         names = [m.name for m in models]
         print(tabulate([[names[r], *(f"{100 * e:.1f}" for e in row)] for r, row in enumerate(errors)],
                        headers=["source \\ target", *names], tablefmt="github"))
@@ -505,6 +540,9 @@ def _perf_model(num_classes: int, device: torch.device):
 def command_perf(args) -> int:
     import tempfile
     import time
+
+    import torch
+    from tabulate import tabulate
 
     from benchmark.data import load_evaluation_set
     from benchmark.kernel_tuning import apply_memory_format, resolve_tuning
@@ -589,6 +627,7 @@ def command_perf(args) -> int:
 
 
 def _print_goals(goals: dict) -> None:
+    from tabulate import tabulate
     judged = "judged here" if goals["judged"] else "not judged on this device, shown for comparison"
     print(f"\nspeed goals (set for {goals['device']}; {judged})")
     print(tabulate([[g["measurement"], f"{g['ratio']:.3f}", f"<= {g['at_most']}", "yes" if g["met"] else "no"]
@@ -596,6 +635,8 @@ def _print_goals(goals: dict) -> None:
 
 
 def command_precision_check(args) -> int:
+    from tabulate import tabulate
+
     from baselines.zoo import entry_defense, load_zoo
     from benchmark.precision import run_precision_check
 
@@ -678,6 +719,7 @@ def command_submission_check(args) -> int:
 
 
 def command_submission_evaluate(args) -> int:
+    from benchmark.distributed import is_main_process
     from benchmark.evaluate import evaluate
     from benchmark.submission import submission_defense
 
@@ -751,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "the table")
     run.add_argument("--dataset", default="fashion-mnist", help="whose zoo (baselines/zoo/<dataset>.toml)")
     run.add_argument("--entries", help="comma-separated zoo entries (default: all)")
-    run.add_argument("--budget", choices=list(BUDGETS), help="default: full on a GPU, else quick")
+    run.add_argument("--budget", choices=list(BUDGETS), help=DEFAULT_BUDGET_HELP)
     run.add_argument("--families", default="white_box,transfer,adaptive",
                      help="comma-separated subset of white_box,transfer,adaptive")
     run.add_argument("--no-cascade", action="store_true", help=NO_CASCADE_HELP)
@@ -762,6 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(run)
     _add_numerics(run)
     run.set_defaults(handler=command_run)
+
+    compare = commands.add_parser(
+        "compare", help="records side by side per family, with a paired exact test on the same examples")
+    compare.add_argument("records", nargs="*", help="result records (.json, their .examples.json beside them)")
+    compare.add_argument("--against", nargs="+", metavar="zoo|ENTRY",
+                         help="also the committed records of these entries (or every baseline: zoo) at the first "
+                              "record's dataset and budget")
+    compare.add_argument("--results-dir", help="where --against looks (default: the repository's leaderboard/results)")
+    compare.set_defaults(handler=command_compare)
 
     zoo = commands.add_parser("zoo", help="manage the baseline zoo")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
@@ -787,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--arch", required=True, help="mnist_a..mnist_d, resnet20, wrn34_10, timm:<name>")
     evaluate.add_argument("--weights", required=True, help="a .safetensors file")
     evaluate.add_argument("--sha256", help="expected sha256 of the weights file")
-    evaluate.add_argument("--budget", choices=list(BUDGETS), default="quick")
+    evaluate.add_argument("--budget", choices=list(BUDGETS), help=DEFAULT_BUDGET_HELP)
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--name", help="entry name in the record (default: the architecture)")
     evaluate.add_argument("--randomized", action="store_true", help="declare the defense randomized")
@@ -850,7 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--dataset", required=True)
     matrix.add_argument("--model", action="append", default=[], help="NAME=ARCH@WEIGHTS.safetensors")
     matrix.add_argument("--attack", help="one of fgsm, rand_fgsm, ifgsm, pgd (default: all)")
-    matrix.add_argument("--budget", choices=list(BUDGETS), default="quick")
+    matrix.add_argument("--budget", choices=list(BUDGETS), help=DEFAULT_BUDGET_HELP)
     _add_common(matrix)
     matrix.set_defaults(handler=command_transfer_matrix)
 
@@ -890,8 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             command.add_argument("--n", type=int, default=200, help="test images for clean accuracy")
         else:
-            command.add_argument("--budget", choices=list(BUDGETS),
-                                 help="default: full on a GPU, else quick (labelled provisional)")
+            command.add_argument("--budget", choices=list(BUDGETS), help=DEFAULT_BUDGET_HELP)
             command.add_argument("--out-dir", default="threatbench-results",
                                  help="the record goes to <out-dir>/<dataset>/<name>-<budget>.json "
                                       "(leaderboard/results for the leaderboard)")
@@ -917,7 +967,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ThreatbenchError, DataError) as error:
+    except ThreatbenchError as error:   # DataError included
+        from benchmark.distributed import is_main_process
+
         if not is_main_process():   # under torchrun every process hits the same error: print it once
             return EXIT_USER_ERROR
         print(f"threatbench: error: {error}", file=sys.stderr)
@@ -927,7 +979,10 @@ def main(argv: list[str] | None = None) -> int:
               "resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        leave_process_group()
+        if "torch.distributed" in sys.modules:   # only a command that used torch can have a group
+            from benchmark.distributed import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":

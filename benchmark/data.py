@@ -16,6 +16,7 @@ to get the data.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import gzip
 import hashlib
 import operator
@@ -214,10 +215,11 @@ def resolve_data_root(dataset: str, data_dir: str | os.PathLike[str] | None) -> 
 
 
 def default_cache_dir() -> Path:
-    """Where downloads go: $XDG_CACHE_HOME/threatbench/data, by default ~/.cache/threatbench/data."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "threatbench" / "data"
+    """Where downloads go: <the threatbench cache>/data (benchmark.cache: $THREATBENCH_CACHE, else
+    $XDG_CACHE_HOME/threatbench, else ~/.cache/threatbench), one root for data, weights and examples."""
+    from benchmark.cache import cache_dir
+
+    return cache_dir() / "data"
 
 
 def subset_sha256(images: np.ndarray, labels: np.ndarray) -> str:
@@ -277,7 +279,7 @@ def _not_found_error(dataset: str, root: _DataRoot, layout: str, download: bool)
     elif root.named_by_user:
         problem = f"{root.path} (from {root.origin}) does not contain {dataset}"
     elif dataset == "imagenet":
-        problem = f"no ImageNet data directory was given and {root.path} does not contain it"
+        problem = f"no ImageNet data directory was given (--data-dir or {DATA_ENV_VAR}) and {root.path} does not exist"
     elif not download:
         problem = (f"{dataset} is not in the download cache {root.path} and download=False "
                    f"(allow the download, or point to a local copy)")
@@ -596,7 +598,11 @@ def _load_imagenet_subset(n: int, data_dir: Any, preprocessing: Mapping[str, Any
 
 
 def _imagenet_class_root(root: _DataRoot) -> Path:
-    """<root>/val when it exists, else <root>: the folder holding the <wnid> folders."""
+    """<root>/val when it exists, else <root>: the folder holding the <wnid> folders. ImageNet is never
+    downloaded, so without a root the user named it is looked for only in <cache>/imagenet (the
+    cache itself holds the other datasets' downloads, which are not ImageNet class folders)."""
+    if not root.named_by_user:
+        root = dataclasses.replace(root, path=root.path / "imagenet")
     if not root.path.is_dir():
         raise _not_found_error("imagenet", root, "<root>/val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG", False)
     return root.path / "val" if (root.path / "val").is_dir() else root.path

@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from benchmark.errors import ThreatbenchError
+
+if TYPE_CHECKING:   # imported where used, so that the CLI can name MEMORY_FORMATS without torch
+    import torch
+    from torch import nn
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
@@ -42,6 +44,8 @@ DEFAULT_TUNING = KernelTuning()
 
 
 def has_conv2d(model: nn.Module) -> bool:
+    from torch import nn
+
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
 
@@ -61,6 +65,8 @@ def resolve_tuning(model: nn.Module, device: torch.device, *, memory_format: str
 
 def apply_memory_format(model: nn.Module, tuning: KernelTuning) -> nn.Module:
     """Store the model's 4-d parameters and buffers in the chosen layout (in place; returns it)."""
+    import torch
+
     if tuning.memory_format == "channels_last":
         model.to(memory_format=torch.channels_last)
     return model
@@ -69,6 +75,8 @@ def apply_memory_format(model: nn.Module, tuning: KernelTuning) -> nn.Module:
 @contextmanager
 def cudnn_autotune_context(tuning: KernelTuning) -> Iterator[None]:
     """Switch cuDNN autotuning to the tuning's setting for the duration, then restore it."""
+    import torch
+
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = tuning.cudnn_autotune
     try:

@@ -33,7 +33,7 @@ from benchmark.defense import Defense, file_sha256
 from benchmark.entries import judged_defense
 from benchmark.record_check import load_record
 from benchmark.references import load_references
-from benchmark.results import RecordError, read_outcomes
+from benchmark.results import RecordError, read_outcomes, record_paths
 from benchmark.spec import Spec, load_spec, spec_for_record
 from benchmark.stats import intervals_overlap, wilson_interval
 
@@ -69,9 +69,7 @@ def regression_cases(results_dir: Path = RESULTS_DIR, references_dir: Path | Non
     """One case per recorded (entry, measurement), plus one per claim of a reference not yet measured."""
     cases, measured = [], set()
     current = load_spec().version
-    for path in sorted(results_dir.rglob("*.json")):
-        if path.name.endswith(".examples.json"):
-            continue
+    for path in record_paths(results_dir):
         record = load_record(path, check_examples=False)
         if record["spec"]["version"] != current:   # superseded: shown on the pages, judged no more
             continue
@@ -303,9 +301,7 @@ def check_committed_evidence(results_dir: Path, spec_version: str) -> list[str]:
     """`threatbench leaderboard --check`: every record verified on load (benchmark.record_verify), and
     the clean bits of every current-spec record re-predicted; one line per record."""
     lines = []
-    for path in sorted(results_dir.rglob("*.json")):
-        if path.name.endswith(".examples.json"):
-            continue
+    for path in record_paths(results_dir):
         record = load_record(path)
         name = f"{record['dataset']}/{record['entry']['name']} ({record['budget']}, spec {record['spec']['version']})"
         if record["spec"]["version"] != spec_version:

@@ -32,14 +32,18 @@ class RecordError(ThreatbenchError):
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` ready to be written: its folder is created (as `mkdir -p`); a folder as `path`, or a
+    parent that is a file, is refused before minutes of measuring, not after."""
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"output path {path} is a directory; give a file name such as {path}/result.json")
-    if not path.parent.is_dir():
-        raise OutputPathError(
-            f"output directory {path.parent} does not exist; create it (mkdir -p {path.parent}) "
-            "or choose another --out"
-        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"cannot create the folder {path.parent} for {path.name}: a file is in the way; "
+                              "choose another --out") from None
+    except PermissionError:
+        raise OutputPathError(f"cannot create the folder {path.parent}: permission denied; choose another --out") from None
     return path
 
 
@@ -82,6 +86,15 @@ def decode_bits(text: str, n: int) -> np.ndarray:
     if raw.size != (n + 7) // 8:
         raise ValueError(f"bit string holds {raw.size * 8} bits, expected {n}")
     return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+
+def record_paths(results_dir: str | os.PathLike) -> list[Path]:
+    """The result records under `results_dir`, sorted: not their per-example files, and not the hidden
+    checkpoint (`.<name>.state.json`) of an evaluation still running beside them."""
+    root = Path(results_dir)
+    return [path for path in sorted(root.rglob("*.json"))
+            if not path.name.endswith(".examples.json")
+            and not any(part.startswith(".") for part in path.relative_to(root).parts)]
 
 
 def examples_path(record_path: str | os.PathLike) -> Path:

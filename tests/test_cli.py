@@ -126,9 +126,36 @@ def test_perf_prints_ratios_to_the_floor_and_writes_them(tmp_path, capsys):
     assert report["provenance"]["device"] == "cpu" and report["provenance"]["total_seconds"] > 0
 
 
-def test_perf_refuses_a_missing_output_directory_before_measuring(tmp_path, capsys):
-    _one_line_error(capsys, main(["perf", "--out", str(tmp_path / "absent" / "perf.json")]),
-                    "does not exist", "mkdir -p")
+def test_perf_refuses_an_output_under_a_file_before_measuring(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    _one_line_error(capsys, main(["perf", "--out", str(tmp_path / "file" / "perf.json")]),
+                    "a file is in the way", "choose another --out")
+
+
+def test_help_imports_no_torch():
+    """`threatbench --help` and `threatbench spec` answer without importing torch (the slow part of
+    a start: seconds), so they answer at once; the commands that measure import it when they run."""
+    code = ("import sys\nfrom benchmark.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "main(['spec', '--dataset', 'fashion-mnist'])\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("NO TORCH"), result.stdout[-300:]
+
+
+def test_one_rule_for_the_default_budget_of_every_command_that_measures(capsys):
+    from types import SimpleNamespace
+
+    from benchmark.cli import DEFAULT_BUDGET_HELP, _run_budget, build_parser
+
+    assert _run_budget(SimpleNamespace(budget=None), torch.device("cpu"))[0] == "quick"
+    assert _run_budget(SimpleNamespace(budget=None), torch.device("cuda"))[0] == "full"
+    assert _run_budget(SimpleNamespace(budget="standard"), torch.device("cpu")) == ("standard", "--budget")
+    parser = build_parser()
+    for argv in (["run"], ["evaluate"], ["transfer-matrix"], ["submission", "evaluate"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--help"])
+        assert " ".join(DEFAULT_BUDGET_HELP.split()) in " ".join(capsys.readouterr().out.split()), argv
 
 
 @requires_fashion

@@ -33,6 +33,7 @@ TINY_IMAGENET_PREPROCESSING = {"resize": 8, "crop": 6, "interpolation": "bilinea
 def isolated_roots(tmp_path, monkeypatch):
     """No env root, a private cache, and no Debian Fashion-MNIST unless a test puts one there."""
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv("THREATBENCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
 
@@ -309,6 +310,23 @@ def test_cache_root_respects_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert resolve_data_root("cifar10", None) == tmp_path / "home" / ".cache" / "threatbench" / "data"
+
+
+def test_the_data_cache_is_under_threatbench_cache_like_every_other_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREATBENCH_CACHE", str(tmp_path / "one-root"))
+    assert resolve_data_root("cifar10", None) == tmp_path / "one-root" / "data"
+
+
+def test_missing_imagenet_is_blamed_on_imagenet_not_on_other_downloads(tmp_path):
+    """The download cache holds other datasets' folders (FashionMNIST/, ...): without a named root,
+    ImageNet is looked for in <cache>/data/imagenet only, and the error says that."""
+    (tmp_path / "xdg-cache" / "threatbench" / "data" / "FashionMNIST").mkdir(parents=True)
+    with pytest.raises(DataError) as error:
+        load_evaluation_set("imagenet", 1, download=False)
+    message = str(error.value)
+    assert "FashionMNIST" not in message and "synsets" not in message
+    assert "no ImageNet data directory was given (--data-dir or THREATBENCH_DATA)" in message
+    assert str(tmp_path / "xdg-cache" / "threatbench" / "data" / "imagenet") in message
 
 
 @pytest.mark.parametrize("named_by", ["argument", "environment"])

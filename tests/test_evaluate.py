@@ -187,13 +187,21 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"], "no temporary file is left behind"
 
 
-def test_output_in_a_missing_directory_fails_before_any_work(trained_mlp, tmp_path, monkeypatch):
+def test_output_under_a_file_fails_before_any_work(trained_mlp, tmp_path, monkeypatch):
     counting = _InterruptingAttacks()
     monkeypatch.setattr(evaluate_module, "run_white_box", counting)
-    with pytest.raises(OutputPathError, match="does not exist"):
-        evaluate(Defense(trained_mlp, 10), "fashion-mnist", out=tmp_path / "missing" / "r.json",
+    (tmp_path / "results").write_text("a file, not a folder")
+    with pytest.raises(OutputPathError, match="a file is in the way"):
+        evaluate(Defense(trained_mlp, 10), "fashion-mnist", out=tmp_path / "results" / "r.json",
                  progress=False)
     assert counting.calls == {}
+
+
+def test_the_cli_creates_the_output_folder(tmp_path):
+    """The README's `--out results/my_model.json` works on a fresh machine: the folder is created."""
+    from benchmark.results import check_output_path
+
+    assert check_output_path(tmp_path / "results" / "deeper" / "my_model.json").parent.is_dir()
 
 
 def test_undeclared_randomness_is_detected_and_attacked_with_eot(trained_mlp, tmp_path):
