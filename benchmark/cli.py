@@ -18,6 +18,8 @@ if TYPE_CHECKING:   # the CLI imports torch only when a command needs it: `--hel
     import torch
 
 EXIT_USER_ERROR = 2
+SUMMARY_HEADERS = ["entry", "clean", "white-box", "transfer", "NAttack broke", "all", "flags"]
+TERMINAL_WIDTH = 100   # what every table and line `run` / `evaluate` print fits in (tests/test_cli.py)
 DEFAULT_BUDGET_HELP = ("default (every command that measures): full on a GPU, quick on a CPU (a smoke test, "
                        "never ranked); standard gives ranked numbers on a CPU")
 EXIT_INTERRUPTED = 130
@@ -26,6 +28,14 @@ EXIT_INTERRUPTED = 130
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line, not usage + message
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def wrap(text: str) -> str:
+    """A line of prose folded to TERMINAL_WIDTH, continuation lines indented."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+                     for line in text.split("\n"))
 
 
 def _pick_device(requested: str | None) -> torch.device:
@@ -51,10 +61,7 @@ def _result_rows(result) -> list[list[str]]:
         else:
             low, high = row["interval"]
             accuracy, interval = _percent(row["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]"
-        name = row["measurement"]
-        if row["cascade"] is not None:
-            name += f" (broke {row['cascade']['broken']} of {row['cascade']['survivors']} survivors)"
-        rows.append([name, row["family"], row["n"], accuracy, interval,
+        rows.append([row["measurement"], row["family"], row["n"], accuracy, interval,
                      "" if queries is None else f"{queries:g}",
                      "" if row["seconds"] is None else f"{row['seconds']:.1f}"])
     return rows
@@ -67,8 +74,7 @@ def format_result(result) -> str:
     from benchmark.leaderboard import ranked_budgets
     record = result.record
     table = tabulate(_result_rows(result), tablefmt="github",
-                     headers=["measurement", "family", "n", "accuracy %", "95% CI", "median queries",
-                              "seconds"])
+                     headers=["measurement", "family", "n", "acc. %", "95% CI", "median queries", "s"])
     randomness = record["randomness"]
     lines = [
         f"{record['entry']['name']} on {record['dataset']}: eps {record['threat_model']['eps']:g} "
@@ -79,7 +85,7 @@ def format_result(result) -> str:
         lines.append(f"randomized defense (declared: {randomness['declared']}, detected: "
                      f"{randomness['detected']}): EOT gradients, accuracy = mean of "
                      f"{randomness['prediction_repeats']} predictions")
-    lines += ["", table, ""]
+    lines = [wrap(line) for line in lines] + ["", table, ""]
     for name, diagnostic in record.get("diagnostics", {}).items():
         lines.append(f"diagnostic {name} (eps {diagnostic['params'].get('eps', '?')}, n = "
                      f"{diagnostic['n']}): accuracy {_percent(diagnostic['accuracy'])}%")
@@ -106,7 +112,7 @@ def format_result(result) -> str:
     if record["budget"] not in ranked:
         lines.append(f"note: the {record['budget']} budget is not ranked; the leaderboard ranks the "
                      f"{' and '.join(ranked) or 'no'} budget{'s' if len(ranked) > 1 else ''}")
-    return "\n".join(lines)
+    return "\n".join(line if line.startswith("|") else wrap(line) for line in lines)
 
 
 def _describe_source(source) -> str:
@@ -275,12 +281,22 @@ def _raised_flags(record) -> str:
     return ", ".join(sorted(n for n, flag in record["flags"].items() if flag.get("raised") is True)) or "-"
 
 
+def _nattack_broke(record: dict) -> str:
+    """NAttack in a narrow cell: "k of m" survivors broken (median queries); else the page's cell."""
+    nattack = record["attacks"].get("nattack") or {}
+    cascade, queries = nattack.get("cascade"), nattack.get("queries", {}).get("median")
+    if cascade is None or not nattack["params"].get("cascade"):
+        from benchmark.cascade import adaptive_cell
+
+        return adaptive_cell(record)
+    return f"{cascade['broken']} of {cascade['survivors']}" + ("" if queries is None else f" ({queries:g} q)")
+
+
 def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
-    from benchmark.cascade import adaptive_cell
     rows = []
     for record in records:
         rows.append([record["entry"]["name"], _percent(record["clean"]["accuracy"]),
-                     _worst(record, "white_box"), _worst(record, "transfer"), adaptive_cell(record),
+                     _worst(record, "white_box"), _worst(record, "transfer"), _nattack_broke(record),
                      _worst(record, "all"), _raised_flags(record)])
     return rows
 
@@ -301,9 +317,9 @@ def command_run(args) -> int:
     entries = [zoo.entry(name) for name in names]
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     dataset = spec.dataset(zoo.dataset)
-    say(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
-          f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes")
-    say(expected_duration(zoo.dataset, [entry.name for entry in entries], budget))
+    say(wrap(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
+             f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes"))
+    say(wrap(expected_duration(zoo.dataset, [entry.name for entry in entries], budget)))
     records = []
     for entry in entries:
         check_recipe(entry)
@@ -317,10 +333,9 @@ def command_run(args) -> int:
                           **_cascade(args))
         say(format_result(result))
         records.append(result.record)
-    say(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family):")
-    say(tabulate(zoo_summary_rows(records), tablefmt="github",
-                   headers=["entry", "clean", "white-box", "transfer", "NAttack (median queries)",
-                            "all families", "flags"]))
+    say(wrap(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family; "
+             "NAttack: the survivors of the others it broke, median queries):"))
+    say(tabulate(zoo_summary_rows(records), tablefmt="github", headers=SUMMARY_HEADERS))
     return 0
 
 

@@ -179,3 +179,28 @@ def test_run_refuses_an_unknown_zoo_entry(capsys):
 
     assert main(["run", "--entries", "Z", "--no-progress"]) == 2
     assert "no entry 'Z'" in capsys.readouterr().err
+
+
+def test_what_run_prints_fits_in_100_columns():
+    """The per-entry table, its notes and the zoo summary of committed records, wrapped or narrow
+    enough for a 100-column terminal (the README's first command prints them)."""
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from benchmark.cli import SUMMARY_HEADERS, TERMINAL_WIDTH, format_result, zoo_summary_rows
+    from benchmark.evaluate import Result
+    from benchmark.results import read_outcomes, record_paths
+
+    results = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
+    paths = record_paths(results)
+    assert paths, "no committed record to print"
+    records = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        records.append(record)
+        for line in format_result(Result(record=record, outcomes=read_outcomes(path))).splitlines():
+            assert len(line) <= TERMINAL_WIDTH, f"{path.name}: {line}"
+    summary = tabulate(zoo_summary_rows([{**r, "entry": {**r["entry"], "name": "A_cni-smoothed"}} for r in records]),
+                       tablefmt="github", headers=SUMMARY_HEADERS)
+    assert max(len(line) for line in summary.splitlines()) <= TERMINAL_WIDTH

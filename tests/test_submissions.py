@@ -592,3 +592,18 @@ def test_a_download_cut_off_midway_leaves_no_partial_file(hub, tmp_path, capsys,
     code, output = run_cli(capsys, "submission", "fetch", str(manifest))
     assert code == 2 and "cannot reach the Hub" in output and "connection reset by peer" in output
     assert stored_files(manifest) == [], "neither the partial file nor the temporary folder is left"
+
+
+def test_the_example_manifest_validates_and_the_readme_is_true(capsys):
+    """submissions/example.yaml is a manifest to copy that `submission validate` accepts; the
+    submissions README names every dataset of the spec and only paths that exist."""
+    from benchmark.spec import load_spec
+
+    repository = Path(__file__).resolve().parent.parent
+    code, output = run_cli(capsys, "submission", "validate", str(repository / "submissions" / "example.yaml"))
+    assert code == 0 and "valid (fashion-mnist, your-org/your-defense@" in output
+    readme = (repository / "submissions" / "README.md").read_text()
+    assert "# a dataset of the spec: " + ", ".join(load_spec().datasets) in readme
+    for path in re.findall(r"`((?:benchmark|baselines|submissions|docs|leaderboard)/[\w./-]+\.\w+)`", readme):
+        if "<" not in path:
+            assert (repository / path).exists(), f"submissions/README.md names {path}, which does not exist"
