@@ -1,3 +1,3 @@
 """threatbench: the judge. Spec, data, defense interface, attacks, evaluation and records."""
 
-__version__ = "0.1.0"
+from benchmark.version import __version__ as __version__  # the one version: benchmark/version.py
