@@ -370,6 +370,15 @@ def command_compare(args) -> int:
     return 0
 
 
+def command_cite(args) -> int:
+    from benchmark.citing import _as_cited, cite_benchmark, cite_row
+    from benchmark.record_check import load_record
+
+    entries = [cite_row(load_record(path), _as_cited(Path(path))) for path in args.records]
+    print("\n".join(entries or [cite_benchmark()]), end="")
+    return 0
+
+
 def command_zoo_table(args) -> int:
     from baselines.zoo_table import write_readme_table, zoo_table
 
@@ -828,6 +837,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "record's dataset and budget")
     compare.add_argument("--results-dir", help="where --against looks (default: the repository's leaderboard/results)")
     compare.set_defaults(handler=command_compare)
+
+    cite = commands.add_parser("cite", help="BibTeX for ranked records (README.md, How to cite), or for threatbench")
+    cite.add_argument("records", nargs="*", help="result records (.json); none: the benchmark itself")
+    cite.set_defaults(handler=command_cite)
 
     zoo = commands.add_parser("zoo", help="manage the baseline zoo")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)

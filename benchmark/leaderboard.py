@@ -686,7 +686,7 @@ published models' own numbers, never shown as measured.
 Each ranked row has an anchor that stays the same as long as its record does:
 `<dataset>.md#<dataset>-<budget>-<entry>` (characters other than letters, digits, `_` and `-` in a
 name become `-`, followed by 8 hex digits of the name's sha256). Cite the row with the release line
-above, its anchor and its record: `python -m benchmark.citing
+above, its anchor and its record: `threatbench cite
 leaderboard/results/<dataset>/<record>.json` prints its BibTeX, and the repository's README
 ([How to cite](../README.md#how-to-cite)) gives the benchmark's. Provisional, flagged and
 superseded numbers are not citable as leaderboard numbers.
@@ -696,8 +696,10 @@ superseded numbers are not citable as leaderboard numbers.
 `threatbench evaluate --dataset <dataset> --arch <arch> --weights <file> --sha256 <sha256>
 --budget <budget>` re-runs an entry at the row's budget; for the baselines, `threatbench run
 --entries <name> --budget <budget>`; for a Hub submission, `threatbench submission evaluate
-submissions/<name>.yaml --budget <budget>` (see `submissions/README.md`). The record lands in
-`leaderboard/results/<dataset>/` and `threatbench leaderboard` regenerates these pages. An
+submissions/<name>.yaml --budget <budget>` (see `submissions/README.md`). Every command writes its
+record to `threatbench-results/<dataset>/<entry>-<budget>.json` unless told otherwise; a record for
+these pages is written with `--out-dir leaderboard/results` (or moved there), and `threatbench
+leaderboard` regenerates the pages from `leaderboard/results/<dataset>/`. An
 evaluation that spans several machines resumes from its checkpoint committed beside the record
 ([docs/long-evaluations.md](../docs/long-evaluations.md)).
 """

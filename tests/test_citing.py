@@ -166,3 +166,13 @@ def test_python_m_benchmark_citing_prints_bibtex_or_a_one_line_error(capsys, tmp
     error = capsys.readouterr().err
     assert error.startswith("threatbench: error: ") and error.count("\n") == 1
     assert json.loads(broken.read_text())["entry"]["name"] == "x"
+
+
+def test_threatbench_cite_prints_the_same_bibtex(capsys):
+    from benchmark.citing import cite_benchmark
+    from benchmark.cli import main
+
+    assert main(["cite"]) == 0
+    assert capsys.readouterr().out == cite_benchmark()
+    assert main(["cite", "no/such/record.json"]) == 2
+    assert "file not found" in capsys.readouterr().err

@@ -204,3 +204,22 @@ def test_what_run_prints_fits_in_100_columns():
     summary = tabulate(zoo_summary_rows([{**r, "entry": {**r["entry"], "name": "A_cni-smoothed"}} for r in records]),
                        tablefmt="github", headers=SUMMARY_HEADERS)
     assert max(len(line) for line in summary.splitlines()) <= TERMINAL_WIDTH
+
+
+def test_one_default_results_location_everywhere_it_is_documented():
+    """Every command that writes a record defaults to threatbench-results/; the README and the
+    leaderboard's index say so, and say how a record reaches leaderboard/results/."""
+    from pathlib import Path
+
+    from benchmark.cli import build_parser
+
+    parser = build_parser()
+    defaults = {parser.parse_args(argv).out_dir for argv in (["run"], ["submission", "evaluate", "x.yaml"])}
+    assert defaults == {"threatbench-results"}
+    from benchmark.cli import _default_out
+    assert str(_default_out.__defaults__[0]) == "threatbench-results"
+    repository = Path(__file__).resolve().parent.parent
+    for page in (repository / "README.md", repository / "leaderboard" / "README.md"):
+        text = " ".join(page.read_text().split())
+        assert "threatbench-results/<dataset>/<entry>-<budget>.json" in text, page
+    assert "--out-dir leaderboard/results" in " ".join((repository / "leaderboard" / "README.md").read_text().split())

@@ -220,6 +220,22 @@ def test_weights_that_are_not_committed_are_rebuilt_bit_identically_from_their_r
     _publish_for_replays(rebuilt, entry)
 
 
+@pytest.mark.slow
+def test_a_committed_single_step_entry_is_rebuilt_from_its_recipe_to_its_pinned_sha256(tmp_path):
+    """D, trained from its recipe on all 60,000 images (about a minute on 2 cores) and exported as the
+    zoo stores it (fp16), is the committed file byte for byte."""
+    from baselines.recipes import load_recipe
+    from baselines.train import train_recipe
+    from baselines.zoo import export_weights
+
+    entry = ZOO.entry("D")
+    check_recipe(entry)
+    run = train_recipe(load_recipe(entry.recipe), tmp_path / "run", progress=False)
+    exported = tmp_path / "D.safetensors"
+    assert export_weights(run.weights_at(entry.epoch), exported, "float16") == entry.sha256
+    assert exported.read_bytes() == entry.weights.read_bytes()
+
+
 def _publish_for_replays(rebuilt: Path, entry) -> None:
     """Put the verified weights where the entry's regression replays look for them (where `threatbench
     run` would have trained them), so that on a fresh machine those replays run instead of skipping."""
