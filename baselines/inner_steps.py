@@ -107,7 +107,11 @@ def render_page(out_dir: Path = DEFAULT_DIR) -> str:
              "fewest steps whose PGD accuracy is not significantly below the best (overlapping 95% "
              "Wilson intervals), since each step costs about one more forward and backward pass per "
              "batch. Training times are wall times on 2 CPU cores. Evidence: "
-             "`leaderboard/diagnostics/inner-steps/`.", ""]
+             "`leaderboard/diagnostics/inner-steps/`.", "",
+             "A short schedule cannot show catastrophic overfitting (Wong et al. 2020, arXiv:2001.03994): "
+             "training with few, large steps can hold its PGD accuracy for an epoch and then lose it "
+             "within the next ones. So the candidate below is only a candidate until a longer run of it "
+             "and of the next larger step count agree; the recipe cites the run that decided.", ""]
     for path in sorted(out_dir.glob("*.json")):
         study = json.loads(path.read_text())
         n, points = study["eval_n"], study["points"]
@@ -120,7 +124,7 @@ def render_page(out_dir: Path = DEFAULT_DIR) -> str:
             lines.append(f"| {point['steps']} | {point['step_size']:g} | {point['train_seconds'] / 60:.1f} | "
                          f"{100 * point['clean']:.1f} | {100 * point['pgd']:.1f} [{100 * low:.1f}, {100 * high:.1f}] |")
         if points:
-            lines += ["", f"Chosen: **{chosen_steps(points, n)} steps**.", ""]
+            lines += ["", f"Fewest steps not significantly below the best: **{chosen_steps(points, n)}**.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -26,7 +26,7 @@ def test_the_page_lists_every_point_and_the_choice(tmp_path):
     (tmp_path / "A_madry.json").write_text(json.dumps(study))
     page = render_page(tmp_path)
     assert "| 2 | 0.125 | 2.0 | 80.0 | 40.0 [37.0, 43.1] |" in page
-    assert "Chosen: **7 steps**." in page
+    assert "Fewest steps not significantly below the best: **7**." in page
 
 
 def test_the_committed_page_matches_the_committed_evidence():
