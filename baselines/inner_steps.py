@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -80,10 +79,9 @@ def run_study(recipe_path: str, steps_list: tuple[int, ...], *, train_images: in
         if steps in done:
             continue
         recipe = study_recipe(recipe_path, steps, train_images, epochs)
-        started = time.perf_counter()
-        run = train_recipe(recipe, cache_dir() / "inner-steps" / f"{name}-steps{steps}-{train_images}-{epochs}",
-                           progress=False)
-        seconds = time.perf_counter() - started
+        directory = cache_dir() / "inner-steps" / f"{name}-steps{steps}-{train_images}-{epochs}"
+        run = train_recipe(recipe, directory, progress=False)
+        seconds = json.loads((directory / "model.json").read_text())["training"]["seconds"]   # cached runs too
         clean, robust = pgd_accuracy(run.final.path, recipe.architecture, n, load_spec().seed)
         study["points"].append({"steps": steps, "step_size": recipe.adversary["step_size"],
                                 "train_seconds": round(seconds, 1), "clean": clean, "pgd": robust})
