@@ -209,6 +209,7 @@ def _rebuild_before_replays(entry):
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild
 @pytest.mark.parametrize("entry", [_rebuild_before_replays(entry) for entry in REBUILT])
 def test_weights_that_are_not_committed_are_rebuilt_bit_identically_from_their_recipe(entry):
     """Training is seeded and deterministic: the rebuilt file must hash to the pinned sha256."""
