@@ -34,9 +34,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import yaml
 
@@ -65,6 +71,7 @@ CLAIM_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd", "nattac
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUBMISSIONS_DIR = Path(__file__).resolve().parent.parent / "submissions"
+ZOO_FILES_DIR = Path(__file__).resolve().parent.parent / "baselines" / "zoo"
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_DEPTH = 6              # top level > model > preprocessing > mean is 4
 MAX_TEXT_CHARS = 200       # any text field without a cap of its own
@@ -441,7 +448,6 @@ def name_key(name: str) -> str:
 def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) -> dict[str, str]:
     """name_key -> what holds it: every zoo entry, reference entry and submission other than the
     one `manifest_path` names (in the repository's submissions/ and beside the manifest)."""
-    from baselines.zoo import ZOO_DIR, load_zoo
     from benchmark.references import load_references
 
     taken: dict[str, str] = {}
@@ -452,11 +458,20 @@ def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) ->
     for dataset, references in load_references().items():
         for reference in references:
             taken[name_key(reference.name)] = f"the reference entry {reference.name!r} ({dataset})"
-    for zoo_file in sorted(ZOO_DIR.glob("*.toml")):
-        zoo = load_zoo(zoo_file.stem, zoo_file)
-        for entry in zoo.entries:
-            taken[name_key(entry.name)] = f"the zoo entry {entry.name!r} ({zoo.dataset})"
+    for dataset, name in zoo_entry_names():
+        taken[name_key(name)] = f"the zoo entry {name!r} ({dataset})"
     return taken
+
+
+def zoo_entry_names() -> list[tuple[str, str]]:
+    """(dataset, name) of every baseline in baselines/zoo/*.toml, read as data: the judge never
+    imports the baselines' code (tests/test_zoo.py)."""
+    names = []
+    for zoo_file in sorted(ZOO_FILES_DIR.glob("*.toml")):
+        table = tomllib.loads(zoo_file.read_text(encoding="utf-8"))
+        names += [(str(table.get("dataset", zoo_file.stem)), str(entry["name"]))
+                  for entry in table.get("entries", []) if isinstance(entry, dict) and "name" in entry]
+    return names
 
 
 def check_name_is_free(manifest: Manifest, taken: dict[str, str]) -> None:

@@ -60,7 +60,7 @@ def test_evaluate_writes_a_valid_record(weights, tmp_path, capsys):
      ["sha256"]),
     (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_a", "--weights", "{w}"], ["do not fit"]),
     (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{w}",
-      "--out", "{tmp}/missing/r.json"], ["does not exist"]),
+      "--out", "{tmp}"], ["is a directory"]),
     (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{pickle}"],
      ["not a safetensors file"]),
     (["evaluate", "--dataset", "fashion-mnist", "--arch", "mnist_d", "--weights", "{w}", "--budget", "huge"],
