@@ -114,11 +114,12 @@ def _expect(path: Path, field: str, found: Any, expected: Any, what: str) -> Non
 # ---------------------------------------------------------------- against the per-example file
 
 
-def check_derived_numbers(record: dict[str, Any], outcomes: dict[str, Outcomes], spec: Spec, path: Path,
-                          *, flags: bool) -> None:
-    """Every number the per-example bits determine, recomputed with the judge's own functions.
-    `flags`: recompute the flags too (records of the current spec; older records kept their own)."""
-    from benchmark.diagnostics import gradient_masking_flags
+def derived_numbers(record: dict[str, Any], outcomes: dict[str, Outcomes], confidence: float) -> dict[str, Any]:
+    """What a record's per-example outcomes determine, by the judge's own functions: `clean`,
+    `attacks` and `diagnostics` (name -> numbers), `by_family`, `staged` (the measurement run on a
+    subsample, or None), `worst_case`, and `cascade` with NAttack's line of it (None without a
+    subsample). Flags are derived from the record with these numbers in it
+    (benchmark.diagnostics.gradient_masking_flags)."""
     from benchmark.evaluate import (
         measurement_numbers,
         nattack_cascade,
@@ -127,37 +128,48 @@ def check_derived_numbers(record: dict[str, Any], outcomes: dict[str, Outcomes],
         worst_cases,
     )
 
+    derived: dict[str, Any] = {"clean": summarize(outcomes["clean"].correct, confidence), "by_family": {}}
+    for group in ("attacks", "diagnostics"):
+        derived[group] = {name: measurement_numbers(outcomes[name], confidence) for name in record[group]}
+    for name, measurement in record["attacks"].items():
+        derived["by_family"].setdefault(measurement["family"], []).append(name)
+    staged = next((name for name, o in outcomes.items() if o.subsample is not None), None)
+    cascaded = staged is not None and bool(record["attacks"][staged]["params"].get("cascade"))
+    complete = all(record["families"][f]["status"] == "run" for f in FAMILIES)
+    derived["staged"] = staged
+    derived["worst_case"] = worst_cases(outcomes, derived["by_family"], staged, cascaded, record["nattack_n"],
+                                        confidence, complete=complete)
+    derived["cascade"] = None if staged is None else record_cascade(outcomes, derived["by_family"], staged)
+    derived["nattack_cascade"] = None if staged is None else nattack_cascade(derived["cascade"])
+    return derived
+
+
+def check_derived_numbers(record: dict[str, Any], outcomes: dict[str, Outcomes], spec: Spec, path: Path,
+                          *, flags: bool) -> None:
+    """Every number the per-example bits determine, recomputed with the judge's own functions.
+    `flags`: recompute the flags too (records of the current spec; older records kept their own)."""
+    from benchmark.diagnostics import gradient_masking_flags
+
     measured = {"clean", *record["attacks"], *record["diagnostics"]}
     extra = sorted(set(outcomes) - measured)
     if extra:
         raise fail(path, "examples_file", f"holds outcomes of {extra[0]!r}, which the record does not state")
-    confidence = spec.confidence
-    _compare(summarize(outcomes["clean"].correct, confidence), record["clean"], "clean", path, NUMBER_KEYS)
-    by_family: dict[str, list[str]] = {}
+    derived = derived_numbers(record, outcomes, spec.confidence)
+    _compare(derived["clean"], record["clean"], "clean", path, NUMBER_KEYS)
     for group in ("attacks", "diagnostics"):
         for name, measurement in record[group].items():
-            _compare(measurement_numbers(outcomes[name], confidence), measurement, f"{group}.{name}", path,
-                     NUMBER_KEYS)
-            if group == "attacks":
-                by_family.setdefault(measurement["family"], []).append(name)
+            _compare(derived[group][name], measurement, f"{group}.{name}", path, NUMBER_KEYS)
     for family, status in record["families"].items():
         if status["status"] == "run":
             _expect(path, f"families.{family}.measurements", status.get("measurements"),
-                    by_family.get(family, []), f"the {family} attacks the record states")
-
-    staged = next((name for name, o in outcomes.items() if o.subsample is not None), None)
+                    derived["by_family"].get(family, []), f"the {family} attacks the record states")
+    staged = derived["staged"]
     if staged is not None:
         _check_subsample(record, outcomes[staged], spec, path)
-    cascaded = staged is not None and bool(record["attacks"][staged]["params"].get("cascade"))
-    complete = all(record["families"][f]["status"] == "run" for f in FAMILIES)
-    worst = worst_cases(outcomes, by_family, staged, cascaded, record["nattack_n"], confidence,
-                        complete=complete)
-    _compare(worst, record["worst_case"], "worst_case", path)
+    _compare(derived["worst_case"], record["worst_case"], "worst_case", path)
     if staged is not None:
-        stages = record_cascade(outcomes, by_family, staged)
-        _compare(stages, record.get("cascade"), "cascade", path)
-        _compare(nattack_cascade(stages), record["attacks"][staged].get("cascade"),
-                 f"attacks.{staged}.cascade", path)
+        _compare(derived["cascade"], record.get("cascade"), "cascade", path)
+        _compare(derived["nattack_cascade"], record["attacks"][staged].get("cascade"), f"attacks.{staged}.cascade", path)
     elif "cascade" in record:
         raise fail(path, "cascade", "stated, but no measurement of the record ran on a subsample")
     if flags:

@@ -10,14 +10,8 @@ import numpy as np
 
 from benchmark.cascade import adaptive_subsample
 from benchmark.diagnostics import gradient_masking_flags
-from benchmark.evaluate import (
-    measurement_numbers,
-    nattack_cascade,
-    record_cascade,
-    summarize,
-    white_box_attacks,
-    worst_cases,
-)
+from benchmark.evaluate import white_box_attacks
+from benchmark.record_verify import derived_numbers
 from benchmark.results import RESULT_SCHEMA, Outcomes, examples_document, write_result
 from benchmark.spec import FAMILIES, load_spec
 
@@ -64,14 +58,8 @@ def write_true_record(directory: Path, name: str, *, clean: float, white_box: fl
     outcomes["pgd_unbounded"] = Outcomes(np.zeros((1, spec.diagnostics.unbounded_pgd_examples), dtype=bool))
     diagnostics = {"pgd_unbounded": {"family": "diagnostic", "params": {"eps": 1.0}}}
 
-    confidence = spec.confidence
-    by_family: dict[str, list[str]] = {}
-    for group in (attacks, diagnostics):
-        for attack, measurement in group.items():
-            measurement.update(measurement_numbers(outcomes[attack], confidence))
-            if group is attacks:
-                by_family.setdefault(measurement["family"], []).append(attack)
-    families = {family: {"status": "run", "measurements": by_family[family]} if family in by_family
+    families = {family: {"status": "run", "measurements": [a for a, m in attacks.items() if m["family"] == family]}
+                if any(m["family"] == family for m in attacks.values())
                 else {"status": "not_run", "reason": "not requested"} for family in FAMILIES}
     record = {
         "schema": RESULT_SCHEMA,
@@ -83,19 +71,29 @@ def write_true_record(directory: Path, name: str, *, clean: float, white_box: fl
         "nattack_n": plan.nattack_n, "subset_sha256": "1" * 64, "seed": spec.seed,
         "randomness": {"declared": False, "detected": False, "attacked_as_randomized": False,
                        "prediction_repeats": 1},
-        "clean": summarize(outcomes["clean"].correct, confidence), "attacks": attacks, "families": families,
-        "worst_case": worst_cases(outcomes, by_family, staged, True, plan.nattack_n, confidence,
-                                  complete=len(by_family) == len(FAMILIES)),
+        "clean": {}, "attacks": attacks, "families": families, "worst_case": {},
         "diagnostics": diagnostics, "provenance": {"device": "cpu"}, "examples_file": f"{name}.examples.json",
     }
-    if staged is not None:
-        record["cascade"] = record_cascade(outcomes, by_family, staged)
-        attacks[staged]["cascade"] = nattack_cascade(record["cascade"])
-    record["flags"] = gradient_masking_flags(record, outcomes)
+    fill_derived(record, outcomes)
     path = directory / "results" / DATASET / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_result(path, record, outcomes)
     return path
+
+
+def fill_derived(record: dict, outcomes: dict[str, Outcomes]) -> None:
+    """Write into `record` every number its outcomes determine (benchmark.record_verify.derived_numbers),
+    then the flags."""
+    derived = derived_numbers(record, outcomes, load_spec().confidence)
+    record["clean"].update(derived["clean"])
+    for group in ("attacks", "diagnostics"):
+        for name, numbers in derived[group].items():
+            record[group][name].update(numbers)
+    record["worst_case"] = derived["worst_case"]
+    if derived["staged"] is not None:
+        record["cascade"] = derived["cascade"]
+        record["attacks"][derived["staged"]]["cascade"] = derived["nattack_cascade"]
+    record["flags"] = gradient_masking_flags(record, outcomes)
 
 
 def rederive(path: Path) -> None:
@@ -106,22 +104,10 @@ def rederive(path: Path) -> None:
     from benchmark.results import examples_path, read_outcomes
 
     outcomes, record = read_outcomes(path), json.loads(path.read_text())
-    confidence = load_spec().confidence
     staged = next((name for name, o in outcomes.items() if o.subsample is not None), None)
     if staged is not None:   # a non-attacked example holds its clean outcome (evaluate.with_cascade_masks)
         nattack = outcomes[staged]
         nattack.correct = np.where(nattack.attacked[None, :], nattack.correct, outcomes["clean"].correct)
         examples_path(path).write_text(json.dumps(examples_document(outcomes)))
-    record["clean"].update(summarize(outcomes["clean"].correct, confidence))
-    by_family: dict[str, list[str]] = {}
-    for name, measurement in record["attacks"].items():
-        measurement.update(measurement_numbers(outcomes[name], confidence))
-        by_family.setdefault(measurement["family"], []).append(name)
-    cascaded = staged is not None and record["attacks"][staged]["params"].get("cascade", False)
-    record["worst_case"] = worst_cases(outcomes, by_family, staged, cascaded, record["nattack_n"], confidence,
-                                       complete=len(by_family) == len(FAMILIES))
-    if staged is not None:
-        record["cascade"] = record_cascade(outcomes, by_family, staged)
-        record["attacks"][staged]["cascade"] = nattack_cascade(record["cascade"])
-    record["flags"] = gradient_masking_flags(record, outcomes)
+    fill_derived(record, outcomes)
     path.write_text(json.dumps(record))
