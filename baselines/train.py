@@ -19,16 +19,14 @@ from safetensors.torch import save_file
 
 from baselines.objectives import OBJECTIVES, BatchContext
 from baselines.recipes import Recipe, RecipeError, load_recipe
-from benchmark.architectures import build
-from benchmark.cache import cache_dir
 from benchmark.data import load_training_tensors
-from benchmark.defense import Defense, file_sha256
-from benchmark.defense import load as load_defense
-from benchmark.noise_injection import scale_noise_to_weights
-from benchmark.randomness import derive_seed
-from benchmark.results import atomic_write_json
-from benchmark.spec import Spec, load_spec
-from benchmark.training import (
+from benchmark.evaluation.randomness import derive_seed
+from benchmark.evaluation.results import atomic_write_json
+from benchmark.models.architectures import build
+from benchmark.models.defense import Defense, file_sha256
+from benchmark.models.defense import load as load_defense
+from benchmark.models.noise_injection import scale_noise_to_weights
+from benchmark.models.training import (
     StandardRecipe,
     checkpoint_seconds,
     fixed_cpu_threads,
@@ -39,6 +37,8 @@ from benchmark.training import (
     train_standard,
     training_device,
 )
+from benchmark.runtime.cache import cache_dir
+from benchmark.spec import Spec, load_spec
 
 WEIGHT_NAMES = ("weight", "bias")
 
@@ -232,7 +232,7 @@ def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> di
 
 
 def as_standard_recipe(recipe: Recipe, max_steps: int | None = None) -> StandardRecipe:
-    """The judge's own standard training (`benchmark.training`): plain Adam, no weight decay."""
+    """The judge's own standard training (`benchmark.models.training`): plain Adam, no weight decay."""
     optimizer = recipe.optimizer
     if optimizer.name != "adam" or optimizer.weight_decay or recipe.save_epochs:
         raise RecipeError(f"{recipe.path}: the standard trainer is Tramer et al.'s plain Adam without "

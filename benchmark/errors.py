@@ -27,7 +27,7 @@ class OutputPathError(ThreatbenchError):
 
 class StatefulDefenseError(ThreatbenchError):
     """A defense answers the same input differently with or without gradients, in another batch or after
-    other queries (benchmark.checks); `check` names the check that refused it."""
+    other queries (benchmark.evaluation.checks); `check` names the check that refused it."""
 
     def __init__(self, message: str, check: str = ""):
         super().__init__(message)

@@ -19,9 +19,9 @@ from benchmark.attacks.gradient import (
     run_white_box,
     step_ll,
 )
-from benchmark.defense import Defense
 from benchmark.errors import AttackBoundsError, ThreatbenchError
-from benchmark.randomness import per_example_uniform
+from benchmark.evaluation.randomness import per_example_uniform
+from benchmark.models.defense import Defense
 from benchmark.spec import load_spec
 from tests.conftest import NoisyModel
 

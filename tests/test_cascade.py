@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.cascade import (
+from benchmark.evaluation.cascade import (
     adaptive_subsample,
     estimate_from_outcomes,
     survivors,
     two_phase_estimate,
 )
-from benchmark.defense import Defense
-from benchmark.evaluate import EntryInfo, evaluate
-from benchmark.record_check import load_record
-from benchmark.results import read_outcomes
+from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.record_check import load_record
+from benchmark.evaluation.results import read_outcomes
+from benchmark.models.defense import Defense
 from benchmark.spec import load_spec
 from tests.conftest import requires_fashion
 
@@ -133,8 +133,7 @@ def _small_spec(n: int, nattack_n: int, iterations: int):
     dataset = spec.dataset("fashion-mnist")
     budget = dataclasses.replace(dataset.budgets["quick"], n=n, nattack_n=nattack_n,
                                  nattack_max_iterations=iterations)
-    dataset = dataclasses.replace(dataset, budgets={**dataset.budgets, "quick": budget})
-    return dataclasses.replace(spec, datasets={**spec.datasets, "fashion-mnist": dataset})
+    return spec.with_budget("fashion-mnist", budget)
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +187,8 @@ def test_a_cascaded_standard_record_is_ranked_with_its_sizes_and_what_nattack_br
     some survivors: its ranked row shows the two-phase key, n, the subsample and what NAttack broke."""
     from records import write_true_record
 
-    from benchmark.leaderboard import render_pages
-    from benchmark.record_check import load_record
+    from benchmark.board.leaderboard import render_pages
+    from benchmark.evaluation.record_check import load_record
 
     spec = load_spec()
     path = write_true_record(tmp_path, "mlp", clean=0.90, white_box=0.60, transfer=0.70, nattack=0.55)

@@ -1,4 +1,4 @@
-"""Consistency checks that refuse stateful or gradient-dependent defenses (benchmark/checks.py).
+"""Consistency checks that refuse stateful or gradient-dependent defenses (benchmark/evaluation/checks.py).
 
 The checks seed their own model noise, so every run of this file draws the same numbers: running it
 again says nothing about false refusals. They were measured instead over 500 seeds (100 for smoothing),
@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.checks import (
+from benchmark.errors import StatefulDefenseError, ThreatbenchError
+from benchmark.evaluation.checks import (
     ALPHA,
     BATCH,
     GRAD_MODE,
@@ -27,10 +28,9 @@ from benchmark.checks import (
     permutation_p_value,
     smallest_p_value,
 )
-from benchmark.defense import Defense, probe_randomness
-from benchmark.errors import StatefulDefenseError, ThreatbenchError
-from benchmark.noise_injection import inject_noise
-from benchmark.smoothing import SmoothedDefense, SmoothingConfig
+from benchmark.models.defense import Defense, probe_randomness
+from benchmark.models.noise_injection import inject_noise
+from benchmark.models.smoothing import SmoothedDefense, SmoothingConfig
 from tests.conftest import NoisyModel
 
 EPS = 0.1       # Fashion-MNIST's eps in the spec

@@ -17,8 +17,8 @@ import yaml
 from records import write_true_record
 
 import benchmark
-from benchmark.citing import CitationError, bibtex_text, cite_benchmark, cite_row, main
-from benchmark.record_check import load_record
+from benchmark.board.citing import CitationError, bibtex_text, cite_benchmark, cite_row, main
+from benchmark.evaluation.record_check import load_record
 from benchmark.spec import SPEC_DIR, load_spec
 from benchmark.version import __version__, release
 
@@ -169,7 +169,7 @@ def test_python_m_benchmark_citing_prints_bibtex_or_a_one_line_error(capsys, tmp
 
 
 def test_threatbench_cite_prints_the_same_bibtex(capsys):
-    from benchmark.citing import cite_benchmark
+    from benchmark.board.citing import cite_benchmark
     from benchmark.cli import main
 
     assert main(["cite"]) == 0

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from benchmark.architectures import build
 from benchmark.cli import main
-from benchmark.defense import file_sha256
-from benchmark.results import read_record
+from benchmark.evaluation.results import read_record
+from benchmark.models.architectures import build
+from benchmark.models.defense import file_sha256
 from tests.conftest import requires_fashion
 
 
@@ -189,8 +189,8 @@ def test_what_run_prints_fits_in_100_columns():
     from tabulate import tabulate
 
     from benchmark.cli import SUMMARY_HEADERS, TERMINAL_WIDTH, format_result, zoo_summary_rows
-    from benchmark.evaluate import Result
-    from benchmark.results import read_outcomes, record_paths
+    from benchmark.evaluation.loop import Result
+    from benchmark.evaluation.results import read_outcomes, record_paths
 
     results = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
     paths = record_paths(results)

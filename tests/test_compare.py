@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from records import write_true_record
 
-from benchmark.board import table
+from benchmark.board.compare import CompareError, compare_pair, load_compared
+from benchmark.board.dataframe import table
 from benchmark.cli import main
-from benchmark.compare import CompareError, compare_pair, load_compared
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "leaderboard" / "results" / "fashion-mnist"

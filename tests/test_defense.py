@@ -11,15 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from benchmark.architectures import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    ImageClassifier,
-    build,
-    registry_names,
-)
-from benchmark.defense import Defense, file_sha256, load, probe_randomness, read_safetensors
 from benchmark.errors import ArchitectureError, DefenseOutputError, ThreatbenchError, WeightsError
+from benchmark.models.architectures import ImageClassifier, build, registry_names
+from benchmark.models.defense import Defense, file_sha256, load, probe_randomness, read_safetensors
+from benchmark.models.networks import CIFAR10_MEAN, CIFAR10_STD
 from tests.conftest import NoisyModel, small_mlp
 
 # ---------------------------------------------------------------- architectures
@@ -501,7 +496,7 @@ def test_log_scores_do_not_saturate_when_logits_are_scaled():
 
 
 def test_log_scores_average_probabilities_over_draws():
-    from benchmark.defense import mean_log_probability
+    from benchmark.models.defense import mean_log_probability
 
     outputs = iter([torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]])])
 

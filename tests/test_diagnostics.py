@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import diagnostics
-from benchmark.diagnostics import ALPHA, gradient_masking_flags, is_masking, register
-from benchmark.results import Outcomes
-from benchmark.stats import intervals_overlap, wilson_interval
+from benchmark.evaluation import diagnostics
+from benchmark.evaluation.diagnostics import ALPHA, gradient_masking_flags, is_masking, register
+from benchmark.evaluation.results import Outcomes
+from benchmark.evaluation.stats import intervals_overlap, wilson_interval
 
 N = 500
 NATTACK_N = 50

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmark.architectures import build
-from benchmark.distributed import Shard
-from benchmark.results import read_record
+from benchmark.evaluation.results import read_record
+from benchmark.models.architectures import build
+from benchmark.runtime.distributed import Shard
 from tests.conftest import requires_fashion, write_small_spec
 
 ZOO = Path(__file__).resolve().parent.parent / "baselines" / "zoo" / "weights" / "fashion-mnist"
@@ -199,7 +199,7 @@ def test_gloo_sum_is_exact_for_disjoint_shards(tmp_path):
     script = tmp_path / "reduce.py"
     script.write_text(
         "import numpy as np, torch\n"
-        "from benchmark.distributed import current_shard, sum_over_shards, leave_process_group\n"
+        "from benchmark.runtime.distributed import current_shard, sum_over_shards, leave_process_group\n"
         "shard = current_shard(torch.device('cpu'))\n"
         "values = np.zeros(7, dtype=np.int64)\n"
         "mask = shard.owned_mask(7, 2)\n"
@@ -218,7 +218,7 @@ def test_processes_agree_on_one_batch_size(tmp_path):
     script = tmp_path / "batch.py"
     script.write_text(
         "import torch\n"
-        "from benchmark.distributed import current_shard, min_over_shards, leave_process_group\n"
+        "from benchmark.runtime.distributed import current_shard, min_over_shards, leave_process_group\n"
         "shard = current_shard(torch.device('cpu'))\n"
         "agreed = min_over_shards([512, 256][shard.rank], shard, torch.device('cpu'))\n"
         "assert agreed == 256, agreed\n"

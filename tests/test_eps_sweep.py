@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from benchmark.leaderboard import write_pages
+from benchmark.board.leaderboard import write_pages
+from benchmark.board.sweeps import eps_sweep
 from benchmark.spec import load_spec
-from benchmark.sweeps import eps_sweep
 from tests.conftest import requires_fashion
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.evaluate as evaluate_module
-import benchmark.results as results_module
-from benchmark.defense import Defense
+import benchmark.evaluation.loop as evaluate_module
+import benchmark.evaluation.results as results_module
 from benchmark.errors import DefenseOutputError, OutputPathError
-from benchmark.evaluate import EntryInfo, evaluate
-from benchmark.results import RESULT_SCHEMA, decode_bits, read_outcomes, read_record
-from benchmark.stats import wilson_interval
+from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.results import RESULT_SCHEMA, decode_bits, read_outcomes, read_record
+from benchmark.evaluation.stats import wilson_interval
+from benchmark.models.defense import Defense
 from tests.conftest import NoisyModel, requires_fashion
 
 pytestmark = requires_fashion
@@ -199,7 +199,7 @@ def test_output_under_a_file_fails_before_any_work(trained_mlp, tmp_path, monkey
 
 def test_the_cli_creates_the_output_folder(tmp_path):
     """The README's `--out results/my_model.json` works on a fresh machine: the folder is created."""
-    from benchmark.results import check_output_path
+    from benchmark.evaluation.results import check_output_path
 
     assert check_output_path(tmp_path / "results" / "deeper" / "my_model.json").parent.is_dir()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.defense import load
-from benchmark.evaluate import EntryInfo, evaluate
-from benchmark.results import read_outcomes, read_record
-from benchmark.training import StandardRecipe, train_standard
+from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.results import read_outcomes, read_record
+from benchmark.models.defense import load
+from benchmark.models.training import StandardRecipe, train_standard
 from tests.conftest import requires_fashion
 from tests.test_transfer import small_spec
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.architectures import build
-from benchmark.defense import Defense
 from benchmark.errors import ThreatbenchError
-from benchmark.evaluate import evaluate
-from benchmark.kernel_tuning import (
+from benchmark.evaluation.loop import evaluate
+from benchmark.models.architectures import build
+from benchmark.models.defense import Defense
+from benchmark.runtime.kernel_tuning import (
     KernelTuning,
     apply_memory_format,
     cudnn_autotune_context,
     resolve_tuning,
 )
-from benchmark.perf import kernel_tunings, measure_kernel_tunings
+from benchmark.tools.perf import kernel_tunings, measure_kernel_tunings
 from tests.conftest import requires_fashion, small_mlp
 from tests.test_transfer import small_spec
 

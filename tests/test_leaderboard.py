@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from records import write_true_record
 
-from benchmark.leaderboard import LEADERBOARD_DIR, render_pages, stale_pages, write_pages
+from benchmark.board.leaderboard import LEADERBOARD_DIR, render_pages, stale_pages, write_pages
 from benchmark.spec import load_spec
 
 GOLDEN = Path(__file__).parent / "fixtures" / "leaderboard" / "fashion-mnist.md"
@@ -108,7 +108,7 @@ def test_a_broken_record_fails_the_build_naming_it(board):
     record = json.loads(path.read_text())
     record["clean"]["accuracy"] = "84%"
     path.write_text(json.dumps(record))
-    from benchmark.results import RecordError
+    from benchmark.evaluation.results import RecordError
     with pytest.raises(RecordError, match="tied.json: field 'clean.accuracy'"):
         render_pages(board / "results", VERSION)
 
@@ -117,7 +117,7 @@ def test_two_records_of_one_entry_name_and_budget_are_refused(board):
     shutil.copy(board / "results" / "fashion-mnist" / "tied.json", board / "results" / "fashion-mnist" / "tied2.json")
     shutil.copy(board / "results" / "fashion-mnist" / "tied.examples.json",
                 board / "results" / "fashion-mnist" / "tied2.examples.json")
-    from benchmark.results import RecordError
+    from benchmark.evaluation.results import RecordError
     with pytest.raises(RecordError, match="entry 'tied' already has a standard-budget fashion-mnist record"):
         render_pages(board / "results", VERSION)
 
@@ -197,7 +197,7 @@ def test_a_page_whose_records_carry_no_date_says_so(board):
 
 
 def test_a_malformed_record_date_is_a_one_line_error_naming_it(board):
-    from benchmark.results import RecordError
+    from benchmark.evaluation.results import RecordError
 
     set_provenance(board, "tied", date="last Tuesday")
     with pytest.raises(RecordError, match=r"tied.json: field 'provenance.date': expected an ISO 8601 date and "
@@ -233,7 +233,7 @@ def test_each_ranked_row_has_a_stable_anchor_and_links_its_record_and_judge_comm
 
 
 def test_an_anchor_holds_only_safe_characters_and_two_names_never_share_one():
-    from benchmark.leaderboard import row_anchor
+    from benchmark.board.leaderboard import row_anchor
 
     def anchor(name: str) -> str:
         return row_anchor({"dataset": "fashion-mnist", "budget": "standard", "entry": {"name": name}})
@@ -258,8 +258,8 @@ def test_a_hostile_entry_name_gets_a_safe_anchor_and_no_record_link(tmp_path):
 def test_every_headline_number_shows_its_own_n(board):
     """The ranking key stands on n and the NAttack subsample (spec v2), and a spec v1 key on its first
     `nattack_n` examples only: the column beside it says which, in every table that shows a key."""
-    from benchmark.leaderboard import KEY_SIZE
-    from benchmark.record_check import load_record
+    from benchmark.board.leaderboard import KEY_SIZE
+    from benchmark.evaluation.record_check import load_record
 
     page = page_of(board)
     for header in (line for line in page.splitlines() if "worst over all families [95% CI]" in line):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.defense import Defense
-from benchmark.evaluate import evaluate
+from benchmark.evaluation.loop import evaluate
+from benchmark.models.defense import Defense
 from tests.conftest import requires_fashion
 from tests.test_transfer import small_spec
 

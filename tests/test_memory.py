@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.defense import Defense
-from benchmark.memory import BatchFitError, fit_batch_size
+from benchmark.models.defense import Defense
+from benchmark.runtime.memory import BatchFitError, fit_batch_size
 
 
 class _Limited(nn.Module):

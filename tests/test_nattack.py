@@ -16,7 +16,7 @@ from benchmark.attacks.nattack import (
     pixel_candidate_images,
     to_tanh_space,
 )
-from benchmark.defense import Defense
+from benchmark.models.defense import Defense
 from benchmark.spec import load_spec
 
 EPS = 0.1
@@ -207,7 +207,7 @@ def test_pixel_candidates_stay_in_the_ball_and_range_for_any_z():
 
 def test_a_smoothed_entry_is_attacked_through_its_mean_softmax(trained_mlp, fashion_test_batch, fashion):
     """Vote fractions are flat near x (v1: the mean never moved); the mean softmax over draws is not."""
-    from benchmark.smoothing import SmoothingConfig, smooth
+    from benchmark.models.smoothing import SmoothingConfig, smooth
 
     x, y = fashion_test_batch
     x, y = x[:12], y[:12]

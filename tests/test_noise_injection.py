@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from benchmark.architectures import build, registry_names
 from benchmark.errors import ArchitectureError
-from benchmark.noise_injection import (
+from benchmark.evaluation.randomness import seed_model_noise
+from benchmark.models.architectures import build, registry_names
+from benchmark.models.noise_injection import (
     NoisyConv2d,
     NoisyLayer,
     NoisyLinear,
@@ -22,7 +23,6 @@ from benchmark.noise_injection import (
     noisy_layers,
     scale_noise_to_weights,
 )
-from benchmark.randomness import seed_model_noise
 
 
 def tiny_net() -> nn.Module:

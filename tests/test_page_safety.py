@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard
-from benchmark.errors import OutputPathError
-from benchmark.leaderboard import (
+from benchmark.board import leaderboard
+from benchmark.board.leaderboard import (
     Row,
     page_path,
     render_dataset,
@@ -24,8 +23,9 @@ from benchmark.leaderboard import (
     render_references,
     write_pages,
 )
-from benchmark.references import Claim, Reference
-from benchmark.results import RecordError, read_json
+from benchmark.board.references import Claim, Reference
+from benchmark.errors import OutputPathError
+from benchmark.evaluation.results import RecordError, read_json
 from benchmark.spec import load_spec
 
 ATTACK = ("Table 2 | 99.9 | ranked #1 <script>alert(1)</script> <img src=x onerror=alert(1)> "

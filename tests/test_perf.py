@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.perf import GOALS, PERF_SCHEMA, goal_verdicts
+from benchmark.tools.perf import GOALS, PERF_SCHEMA, goal_verdicts
 
 PERF_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "perf"
 

@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.defense import Defense
-from benchmark.evaluate import evaluate
-from benchmark.precision import (
+from benchmark.evaluation.loop import evaluate
+from benchmark.evaluation.results import read_json
+from benchmark.models.defense import Defense
+from benchmark.runtime.precision import (
     PrecisionError,
     check_path,
-    compare_attack,
     precision_context,
     require_validated,
-    run_precision_check,
-    write_check,
 )
-from benchmark.results import read_json
+from benchmark.tools.precision_check import compare_attack, run_precision_check, write_check
 from tests.test_transfer import small_spec
 
 CPU = torch.device("cpu")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.record_check import load_record
-from benchmark.results import RecordError, examples_path
+from benchmark.evaluation.record_check import load_record
+from benchmark.evaluation.results import RecordError, examples_path
 from benchmark.spec import load_spec
 
 RECORDS = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist"

@@ -1,6 +1,6 @@
 """Records are evidence, not claims: a committed record, tampered as an attacker would, is refused
-on load (benchmark.record_verify) and by `threatbench leaderboard --check` (which also re-predicts
-the clean bits, benchmark.regression.check_clean_bits)."""
+on load (benchmark.evaluation.record_verify) and by `threatbench leaderboard --check` (which also re-predicts
+the clean bits, benchmark.tools.regression.check_clean_bits)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ import pytest
 from records import rederive
 
 from benchmark.cli import main
-from benchmark.record_check import load_record
-from benchmark.results import RecordError, examples_document, examples_path, read_outcomes
+from benchmark.evaluation.record_check import load_record
+from benchmark.evaluation.results import (
+    RecordError,
+    examples_document,
+    examples_path,
+    read_outcomes,
+)
 from benchmark.spec import load_spec
 
 RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.leaderboard import render_pages
-from benchmark.references import REFERENCES_DIR, ReferenceError, load_references
-from benchmark.regression import regression_cases
+from benchmark.board.leaderboard import render_pages
+from benchmark.board.references import REFERENCES_DIR, ReferenceError, load_references
+from benchmark.tools.regression import regression_cases
 
 GOOD = """
 schema = "threatbench.references/1"

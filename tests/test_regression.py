@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from records import rederive
 
-from benchmark import regression
-from benchmark.regression import MissingResource, compare, regression_cases
-from benchmark.results import decode_bits, encode_bits, examples_path, read_outcomes
+from benchmark.evaluation.results import decode_bits, encode_bits, examples_path, read_outcomes
+from benchmark.tools import regression
+from benchmark.tools.regression import MissingResource, compare, regression_cases
 from tests.conftest import requires_fashion
 
 RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"

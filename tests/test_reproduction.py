@@ -17,7 +17,7 @@ from baselines.reproduction import (
     claim_white_box_vs_transfer,
     render_page,
 )
-from benchmark.stats import wilson_interval
+from benchmark.evaluation.stats import wilson_interval
 from tests.conftest import requires_fashion
 
 N = 500
@@ -117,9 +117,9 @@ def test_the_page_is_deterministic_and_names_budget_and_verdicts():
 
 @requires_fashion
 def test_the_smoothing_sweep_measures_every_m_on_clean_pgd_and_epgd(tmp_path):
-    from benchmark.architectures import build
+    from benchmark.board.sweeps import smoothing_sweep
+    from benchmark.models.architectures import build
     from benchmark.spec import load_spec
-    from benchmark.sweeps import smoothing_sweep
 
     torch.manual_seed(0)
     model = build("pni:mnist_d", 10)

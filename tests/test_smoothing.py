@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.defense import Defense
 from benchmark.errors import DefenseOutputError, ThreatbenchError
-from benchmark.noise_injection import inject_noise
-from benchmark.smoothing import (
+from benchmark.models.defense import Defense
+from benchmark.models.noise_injection import inject_noise
+from benchmark.models.smoothing import (
     SmoothedDefense,
     SmoothingConfig,
     SmoothingConfigError,
@@ -230,7 +230,7 @@ def test_seeded_predictions_are_reproducible():
 def test_step_ll_targets_the_argmin_of_the_mean_softmax_not_tied_votes(trained_mlp, fashion_test_batch):
     """Vote fractions tie at 0 for most classes, and their argmin was class 0 for 91% of examples."""
     from benchmark.attacks.gradient import least_likely_labels
-    from benchmark.defense import Defense
+    from benchmark.models.defense import Defense
 
     x = fashion_test_batch[0][:64]
     smoothed = smooth(Defense(trained_mlp, 10), SmoothingConfig(samples=8, sigma=0.05))

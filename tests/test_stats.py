@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from benchmark.stats import (
+from benchmark.evaluation.stats import (
     binomial_tail,
     intervals_overlap,
     mcnemar_exact,

@@ -13,10 +13,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from benchmark.cli import main
-from benchmark.defense import file_sha256
-from benchmark.hub import HubError, fetch, store_dir
-from benchmark.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest, taken_names
-from benchmark.results import read_record
+from benchmark.evaluation.results import read_record
+from benchmark.intake.hub import HubError, fetch, store_dir
+from benchmark.intake.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest, taken_names
+from benchmark.models.defense import file_sha256
 from tests.conftest import requires_fashion, write_small_spec
 from tests.local_hub import OLAH_REASON, LocalHub, olah_installed
 
@@ -325,8 +325,8 @@ CONFIG_WHERE = "robust-a.yaml (alice/timm-config)"
     ("[" * 100_000 + "]" * 100_000, "config.json is not valid JSON: maximum recursion depth exceeded"),
 ])
 def test_a_malformed_config_json_is_a_one_line_error(tmp_path, config, message):
+    from benchmark.intake.submission import resolve_config
     from benchmark.spec import load_spec
-    from benchmark.submission import resolve_config
 
     (tmp_path / "config.json").write_text(config)
     with pytest.raises(ManifestError) as info:
@@ -375,16 +375,16 @@ def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys,
     assert all(status["status"] == "run" for status in record["families"].values())
     assert record["attacks"]["pgd"]["accuracy"] < record["clean"]["accuracy"]
 
-    from benchmark.regression import defense_from_record
     from benchmark.spec import load_spec
+    from benchmark.tools.regression import defense_from_record
 
     rebuilt = defense_from_record(record, load_spec(spec), torch.device("cpu"))   # how regressions replay it
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    from benchmark.defense import load
+    from benchmark.models.defense import load
     assert torch.equal(rebuilt(x), load("mnist_a", ZOO_A, num_classes=10)(x))
 
     # Judged under a shrunken spec, the record is not one the leaderboard accepts: pages hold only
-    # records of a packaged spec with its budgets' sizes (benchmark.record_verify).
+    # records of a packaged spec with its budgets' sizes (benchmark.evaluation.record_verify).
     code, output = run_cli(capsys, "leaderboard", "--dir", str(board))
     assert code != 0 and "is not that of spec 2.0.0" in output and len(output.strip().splitlines()) == 1
 
@@ -410,8 +410,8 @@ def test_submission_goes_from_manifest_to_leaderboard_row(hub, tmp_path, capsys,
 @requires_olah
 @requires_fashion
 def test_config_json_architectures_are_built_from_timm_names_only(hub, tmp_path):
+    from benchmark.intake.submission import submission_defense
     from benchmark.spec import load_spec
-    from benchmark.submission import submission_defense
 
     config = json.dumps({"architecture": "resnet18", "num_classes": 10,
                          "pretrained_cfg": {"mean": [0.5], "std": [0.5], "input_size": [1, 28, 28]}}).encode()
@@ -430,7 +430,7 @@ def test_config_json_architectures_are_built_from_timm_names_only(hub, tmp_path)
     defense, entry = submission_defense(manifest, files, dataset)
     assert entry.architecture == "timm:resnet18" and entry.normalization == {"mean": [0.5], "std": [0.5]}
     assert defense.predict(torch.rand(2, 1, 28, 28)).shape == (2,)
-    from benchmark.regression import defense_from_record
+    from benchmark.tools.regression import defense_from_record
 
     record = {"dataset": "fashion-mnist", "entry": {**entry.__dict__, "randomized": False}}
     rebuilt = defense_from_record(record, load_spec(), torch.device("cpu"))   # normalization included

@@ -19,8 +19,8 @@ from baselines.objectives import (
 )
 from baselines.recipes import RecipeError, parse_recipe
 from baselines.train import train_recipe
-from benchmark.architectures import build
-from benchmark.training import checkpoint_seconds
+from benchmark.models.architectures import build
+from benchmark.models.training import checkpoint_seconds
 from tests.conftest import requires_fashion
 
 ADVERSARIES = {
@@ -227,7 +227,7 @@ def test_the_train_command_prints_the_weights_and_their_sha256(tmp_path, capsys)
     output = capsys.readouterr().out
     sha256 = load_recipe_file(path).sha256
     assert f"recipe sha256 {sha256}" in output
-    from benchmark.defense import file_sha256
+    from benchmark.models.defense import file_sha256
     assert f"sha256:  {file_sha256(tmp_path / 'run' / 'weights.safetensors')}" in output
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import benchmark.training as training
-from benchmark.defense import file_sha256
-from benchmark.training import StandardRecipe, train_standard
+import benchmark.models.training as training
+from benchmark.models.defense import file_sha256
+from benchmark.models.training import StandardRecipe, train_standard
 from tests.conftest import requires_fashion
 
 pytestmark = requires_fashion

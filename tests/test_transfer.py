@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.evaluate as evaluate_module
+import benchmark.evaluation.loop as evaluate_module
+from benchmark.attacks.sources import SOURCES_DIR, load_held_out_sources
 from benchmark.attacks.transfer import TransferCache, TransferSource
 from benchmark.cli import main
-from benchmark.defense import Defense, WeightsError
 from benchmark.errors import ThreatbenchError
-from benchmark.evaluate import EntryInfo, evaluate
-from benchmark.sources import SOURCES_DIR, load_held_out_sources
+from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.models.defense import Defense, WeightsError
 from benchmark.spec import HeldOutSource, load_spec
 from tests.conftest import requires_fashion
 
@@ -27,8 +27,7 @@ def small_spec(spec=None, **budget):
     dataset = spec.dataset("fashion-mnist")
     quick = dataclasses.replace(dataset.budgets["quick"], **{"n": 200, "nattack_n": 20,
                                                                "nattack_max_iterations": 20, **budget})
-    dataset = dataclasses.replace(dataset, budgets={**dataset.budgets, "quick": quick})
-    return dataclasses.replace(spec, datasets={**spec.datasets, "fashion-mnist": dataset})
+    return spec.with_budget("fashion-mnist", quick)
 
 
 def _transfer_only(defense, tmp_path, spec, **kwargs):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from benchmark.cli import build_parser
-from benchmark.manifest import load_manifest
+from benchmark.intake.manifest import load_manifest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPOSITORY / ".github" / "workflows").glob("*.yml"))

@@ -17,8 +17,8 @@ from torch import nn
 
 from baselines.zoo import entry_defense, load_zoo
 from benchmark.cli import main
-from benchmark.defense import Defense
-from benchmark.evaluate import evaluate
+from benchmark.evaluation.loop import evaluate
+from benchmark.models.defense import Defense
 from tests.conftest import NoisyModel, requires_fashion, write_small_spec
 from tests.test_transfer import small_spec
 

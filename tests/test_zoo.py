@@ -21,8 +21,8 @@ from baselines.zoo import (
     parse_zoo,
     render_zoo,
 )
-from benchmark.defense import file_sha256
-from benchmark.smoothing import SmoothedDefense
+from benchmark.models.defense import file_sha256
+from benchmark.models.smoothing import SmoothedDefense
 from tests.conftest import REPLAY_CACHE
 
 ZOO = load_zoo("fashion-mnist")
@@ -123,7 +123,7 @@ def test_a_weights_file_that_does_not_match_is_refused(tmp_path):
 
 def test_export_writes_fp16_weights_and_a_loadable_entry(tmp_path):
     from baselines.recipes import load_recipe
-    from benchmark.architectures import build
+    from benchmark.models.architectures import build
 
     recipe = load_recipe("fashion-mnist/D.toml")
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_export_records_how_long_and_on_what_the_entry_trained(tmp_path):
     source = tmp_path / "weights.safetensors"
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    from benchmark.architectures import build
+    from benchmark.models.architectures import build
     save_file(build("mnist_d", 10).network.state_dict(), str(source))
     (tmp_path / "model.json").write_text(json.dumps(
         {"training": {"seconds": 1200.0, "device": "cpu: x86_64, 2 threads", "train_images": 60000}}))
@@ -202,7 +202,7 @@ def test_the_judge_never_imports_baselines():
 
 
 def _rebuild_before_replays(entry):
-    """Under xdist, run the rebuild on the worker that replays the entry's records (benchmark/test_regression.py
+    """Under xdist, run the rebuild on the worker that replays the entry's records (benchmark/tools/test_regression.py
     groups them as <dataset>-<entry>); slow tests run first (tests/conftest.py orders them), so on a fresh
     cache the replays find the rebuilt weights instead of skipping."""
     return pytest.param(entry, id=entry.name, marks=pytest.mark.xdist_group(f"{ZOO.dataset}-{entry.name}"))
