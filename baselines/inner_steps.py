@@ -22,11 +22,11 @@ from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from benchmark.attacks.gradient import AttackBatch, run_white_box
 from benchmark.data import load_evaluation_set
-from benchmark.evaluation.randomness import seed_model_noise
 from benchmark.evaluation.results import atomic_write_json
 from benchmark.evaluation.stats import wilson_interval
 from benchmark.models.defense import load as load_defense
 from benchmark.runtime.cache import cache_dir
+from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import load_spec
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "diagnostics" / "inner-steps"

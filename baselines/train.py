@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from baselines.objectives import OBJECTIVES, BatchContext
 from baselines.recipes import Recipe, RecipeError, load_recipe
 from benchmark.data import load_training_tensors
-from benchmark.evaluation.randomness import derive_seed
 from benchmark.evaluation.results import atomic_write_json
 from benchmark.models.architectures import build
 from benchmark.models.defense import Defense, file_sha256
@@ -38,6 +37,7 @@ from benchmark.models.training import (
     training_device,
 )
 from benchmark.runtime.cache import cache_dir
+from benchmark.runtime.randomness import derive_seed
 from benchmark.spec import Spec, load_spec
 
 WEIGHT_NAMES = ("weight", "bias")

@@ -20,8 +20,8 @@ from benchmark.attacks.gradient import (
     step_ll,
 )
 from benchmark.errors import AttackBoundsError, ThreatbenchError
-from benchmark.evaluation.randomness import per_example_uniform
 from benchmark.models.defense import Defense
+from benchmark.runtime.randomness import per_example_uniform
 from benchmark.spec import load_spec
 from tests.conftest import NoisyModel
 

@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn import functional
 
 from benchmark.errors import ArchitectureError
-from benchmark.evaluation.randomness import seed_model_noise
 from benchmark.models.architectures import build, registry_names
 from benchmark.models.noise_injection import (
     NoisyConv2d,
@@ -23,6 +22,7 @@ from benchmark.models.noise_injection import (
     noisy_layers,
     scale_noise_to_weights,
 )
+from benchmark.runtime.randomness import seed_model_noise
 
 
 def tiny_net() -> nn.Module:

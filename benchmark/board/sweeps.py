@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from benchmark.attacks.batches import iterate_batches
 from benchmark.attacks.gradient import AttackBatch, PassCounter, run_white_box
 from benchmark.data import load_evaluation_set
-from benchmark.evaluation.randomness import seed_model_noise
 from benchmark.evaluation.results import atomic_write_json, check_output_path
 from benchmark.evaluation.stats import wilson_interval
 from benchmark.models.smoothing import SmoothedDefense, SmoothingConfig
 from benchmark.runtime.provenance import collect
+from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import Spec
 
 SWEEP_SCHEMA = "threatbench.smoothing-sweep/1"

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.evaluation.randomness import derive_seed
 from benchmark.evaluation.stats import wilson_interval
+from benchmark.runtime.randomness import derive_seed
 
 SUBSAMPLE_STREAM = "adaptive-subsample"
 

@@ -76,8 +76,8 @@ import numpy as np
 import torch
 
 from benchmark.errors import StatefulDefenseError
-from benchmark.evaluation.randomness import derive_seed, example_generator, per_example_sign
 from benchmark.models.defense import Defense
+from benchmark.runtime.randomness import derive_seed, example_generator, per_example_sign
 
 GRAD_MODE = "grad-mode"
 HISTORY = "history"

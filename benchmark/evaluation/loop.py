@@ -46,7 +46,6 @@ from benchmark.evaluation.cascade import (
 )
 from benchmark.evaluation.checks import check_defense_is_consistent
 from benchmark.evaluation.diagnostics import gradient_masking_flags
-from benchmark.evaluation.randomness import seed_model_noise
 from benchmark.evaluation.results import (
     RESULT_SCHEMA,
     EvaluationState,
@@ -78,6 +77,7 @@ from benchmark.runtime.kernel_tuning import (
 )
 from benchmark.runtime.memory import fit_batch_size
 from benchmark.runtime.precision import check_available, precision_context, require_validated
+from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import FAMILIES, AdaptivePolicy, Budget, DatasetSpec, Spec, load_spec
 
 WHITE_BOX_DETERMINISTIC = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "pgd_margin")

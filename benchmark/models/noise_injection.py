@@ -17,7 +17,7 @@ dense layer that is 16.4M extra parameters, more than the weights it perturbs.
 
 std(w) is taken without gradient (a constant for autograd), as in both reference codes, and the noise is
 drawn on *every* forward pass, training and eval, from torch's global generator, so that
-`benchmark.evaluation.randomness.seed_model_noise` makes an evaluation reproducible.
+`benchmark.runtime.randomness.seed_model_noise` makes an evaluation reproducible.
 
 By default one draw is shared by the whole batch (PNI / SIAM). Inside `noise_groups(module, g)` a batch
 of g*B rows is read as g contiguous chunks, each with its own independent draw, so that smoothed inference

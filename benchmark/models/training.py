@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from benchmark.data import load_training_tensors
-from benchmark.evaluation.randomness import derive_seed
-from benchmark.evaluation.results import atomic_write_json
 from benchmark.models.architectures import build
 from benchmark.models.defense import file_sha256
+from benchmark.runtime.files import atomic_write_json
+from benchmark.runtime.randomness import derive_seed
 
 CPU_TRAINING_THREADS = 2   # the count the zoo's rebuilt entries (C) were trained with
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from benchmark.errors import ThreatbenchError
-from benchmark.evaluation.results import read_json
 from benchmark.runtime.cache import cache_dir
+from benchmark.runtime.files import read_json
 from benchmark.runtime.provenance import device_name
 
 PRECISIONS = ("float32", "tf32", "bf16")

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from benchmark.evaluation.loop import evaluate
-from benchmark.evaluation.results import atomic_write_json
 from benchmark.evaluation.stats import wilson_interval
+from benchmark.runtime.files import atomic_write_json
 from benchmark.runtime.precision import CHECK_SCHEMA, check_available, check_path
 from benchmark.runtime.provenance import device_name
 from benchmark.spec import load_spec
