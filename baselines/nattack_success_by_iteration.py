@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from baselines.nattack_variants import targets
 from benchmark.attacks.nattack import nattack
 from benchmark.data import load_evaluation_set
-from benchmark.evaluation.loop import evaluate, judge_criterion
+from benchmark.evaluation.loop import evaluate
+from benchmark.evaluation.plan import judge_criterion
 from benchmark.evaluation.results import atomic_write_json, atomic_write_text
 from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import Budget, load_spec

@@ -91,7 +91,7 @@ def page_path(dataset: str) -> Path:
 
 def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device):
     """The defense and the record's entry fields for one planned model."""
-    from benchmark.evaluation.loop import EntryInfo
+    from benchmark.evaluation.entry import EntryInfo
 
     if model.zoo_entry is not None:
         entry = load_zoo(dataset).entry(model.zoo_entry)

@@ -199,10 +199,8 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
             if max_steps is not None and steps >= max_steps:
                 break
             if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
-                snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
-                                                     recipe, epoch + 1, spent + time.perf_counter() - started)
-                # Beside the weights, not inside them: their bytes (and sha256) must not depend on time.
-                atomic_write_json(directory / f"epoch-{epoch + 1}.json", {"seconds": snapshots[epoch + 1].seconds})
+                snapshots[epoch + 1] = _save_snapshot(model.network, directory, recipe, epoch + 1,
+                                                      spent + time.perf_counter() - started)
             save_checkpoint(checkpoint, model.network, optimizer, epoch + 1,
                             spent + time.perf_counter() - started)
 
@@ -217,6 +215,14 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
                           _card(recipe, final, snapshots, steps, training, extra))
         checkpoint.unlink(missing_ok=True)
     return run
+
+
+def _save_snapshot(network, directory: Path, recipe: Recipe, epoch: int, seconds: float) -> TrainedWeights:
+    """The weights after `epoch` (a save_epochs entry), and their training time beside them, not inside:
+    the weights' bytes (and sha256) must not depend on time."""
+    snapshot = _save_weights(network, directory / f"epoch-{epoch}.safetensors", recipe, epoch, seconds)
+    atomic_write_json(directory / f"epoch-{epoch}.json", {"seconds": snapshot.seconds})
+    return snapshot
 
 
 def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> dict[int, TrainedWeights]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmark.evaluation.cascade import adaptive_subsample
 from benchmark.evaluation.diagnostics import gradient_masking_flags
-from benchmark.evaluation.loop import white_box_attacks
+from benchmark.evaluation.plan import white_box_attacks
 from benchmark.evaluation.record_verify import derived_numbers
 from benchmark.evaluation.results import RESULT_SCHEMA, Outcomes, examples_document, write_result
 from benchmark.spec import FAMILIES, load_spec
@@ -105,7 +105,7 @@ def rederive(path: Path) -> None:
 
     outcomes, record = read_outcomes(path), json.loads(path.read_text())
     staged = next((name for name, o in outcomes.items() if o.subsample is not None), None)
-    if staged is not None:   # a non-attacked example holds its clean outcome (evaluate.with_cascade_masks)
+    if staged is not None:   # a non-attacked example holds its clean outcome (loop.with_cascade_masks)
         nattack = outcomes[staged]
         nattack.correct = np.where(nattack.attacked[None, :], nattack.correct, outcomes["clean"].correct)
         examples_path(path).write_text(json.dumps(examples_document(outcomes)))

@@ -16,7 +16,8 @@ from benchmark.evaluation.cascade import (
     survivors,
     two_phase_estimate,
 )
-from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.entry import EntryInfo
+from benchmark.evaluation.loop import evaluate
 from benchmark.evaluation.record_check import load_record
 from benchmark.evaluation.results import read_outcomes
 from benchmark.models.defense import Defense

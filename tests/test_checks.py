@@ -17,17 +17,15 @@ import torch
 from torch import nn
 
 from benchmark.errors import StatefulDefenseError, ThreatbenchError
-from benchmark.evaluation.checks import (
-    ALPHA,
+from benchmark.evaluation.check_probe import (
     BATCH,
     GRAD_MODE,
     HISTORY,
     aimed_neighbours,
-    check_defense_is_consistent,
     odd_chunk_sizes,
-    permutation_p_value,
-    smallest_p_value,
 )
+from benchmark.evaluation.checks import check_defense_is_consistent
+from benchmark.evaluation.randomized_checks import ALPHA, permutation_p_value, smallest_p_value
 from benchmark.models.defense import Defense, probe_randomness
 from benchmark.models.noise_injection import inject_noise
 from benchmark.models.smoothing import SmoothedDefense, SmoothingConfig

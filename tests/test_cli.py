@@ -146,11 +146,12 @@ def test_help_imports_no_torch():
 def test_one_rule_for_the_default_budget_of_every_command_that_measures(capsys):
     from types import SimpleNamespace
 
-    from benchmark.cli import DEFAULT_BUDGET_HELP, _run_budget, build_parser
+    from benchmark.cli import build_parser
+    from benchmark.cli.common import DEFAULT_BUDGET_HELP, run_budget
 
-    assert _run_budget(SimpleNamespace(budget=None), torch.device("cpu"))[0] == "quick"
-    assert _run_budget(SimpleNamespace(budget=None), torch.device("cuda"))[0] == "full"
-    assert _run_budget(SimpleNamespace(budget="standard"), torch.device("cpu")) == ("standard", "--budget")
+    assert run_budget(SimpleNamespace(budget=None), torch.device("cpu"))[0] == "quick"
+    assert run_budget(SimpleNamespace(budget=None), torch.device("cuda"))[0] == "full"
+    assert run_budget(SimpleNamespace(budget="standard"), torch.device("cpu")) == ("standard", "--budget")
     parser = build_parser()
     for argv in (["run"], ["evaluate"], ["transfer-matrix"], ["submission", "evaluate"]):
         with pytest.raises(SystemExit):
@@ -188,8 +189,9 @@ def test_what_run_prints_fits_in_100_columns():
 
     from tabulate import tabulate
 
-    from benchmark.cli import SUMMARY_HEADERS, TERMINAL_WIDTH, format_result, zoo_summary_rows
-    from benchmark.evaluation.loop import Result
+    from benchmark.cli.common import TERMINAL_WIDTH
+    from benchmark.cli.report import SUMMARY_HEADERS, format_result, zoo_summary_rows
+    from benchmark.evaluation.record import Result
     from benchmark.evaluation.results import read_outcomes, record_paths
 
     results = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
@@ -216,10 +218,60 @@ def test_one_default_results_location_everywhere_it_is_documented():
     parser = build_parser()
     defaults = {parser.parse_args(argv).out_dir for argv in (["run"], ["submission", "evaluate", "x.yaml"])}
     assert defaults == {"threatbench-results"}
-    from benchmark.cli import _default_out
-    assert str(_default_out.__defaults__[0]) == "threatbench-results"
+    from benchmark.cli.common import default_out
+    assert str(default_out.__defaults__[0]) == "threatbench-results"
     repository = Path(__file__).resolve().parent.parent
     for page in (repository / "README.md", repository / "leaderboard" / "README.md"):
         text = " ".join(page.read_text().split())
         assert "threatbench-results/<dataset>/<entry>-<budget>.json" in text, page
     assert "--out-dir leaderboard/results" in " ".join((repository / "leaderboard" / "README.md").read_text().split())
+
+
+def _listed(capsys, *argv: str) -> list[str]:
+    assert main(["list", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    return lines
+
+
+def _line_of(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith(name + " "))
+
+
+def test_list_architectures_names_each_with_its_paper_then_the_composed_names(capsys):
+    lines = _listed(capsys, "architectures")
+    mnist_a = _line_of(lines, "mnist_a")
+    assert "1 channel" in mnist_a and "Tramer et al. 2018, Table 6 (A)" in mnist_a
+    assert "3 channels" in _line_of(lines, "resnet20")
+    for composed in ("timm:<any timm model name>", "pni:<name>", "cni:<name>"):
+        assert _line_of(lines, composed)
+
+
+def test_list_zoo_reads_the_zoo_file_as_data(capsys):
+    lines = _listed(capsys, "zoo")
+    assert _line_of(lines, "A").split()[1:] == ["undefended", "mnist_a"]
+    smoothed = _line_of(lines, "A_pni-smoothed")   # role and architecture from its base entry
+    assert "defense" in smoothed and "pni:mnist_a, smoothed (16 draws" in smoothed
+
+
+def test_list_attacks_gives_each_its_families_and_the_spec_parameters(capsys):
+    lines = _listed(capsys, "attacks", "--dataset", "mnist")
+    assert "eps 0.3" in lines[0]
+    assert _line_of(lines, "rand_fgsm").split(None, 1)[1].startswith("white_box, transfer: label true, alpha")
+    assert "white_box (randomized entries)" in _line_of(lines, "epgd")
+    assert "adaptive: population" in _line_of(lines, "nattack")
+
+
+def test_list_datasets_gives_each_its_eps_and_budgets(capsys):
+    lines = _listed(capsys, "datasets")
+    assert "eps 0.1;" in _line_of(lines, "fashion-mnist")
+    assert "eps 0.0313725 (8/255)" in _line_of(lines, "cifar10")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["list", "models"], ["models", "architectures"]),
+    (["list", "zoo", "--dataset", "svhn"], ["svhn", "fashion-mnist"]),
+    (["list", "attacks", "--dataset", "svhn"], ["svhn", "fashion-mnist"]),
+])
+def test_list_mistakes_are_one_line(argv, needles, capsys):
+    _one_line_error(capsys, _exit_code(argv), *needles)

@@ -22,9 +22,16 @@ import torchvision.datasets.utils
 from PIL import Image
 
 from benchmark import data
-from benchmark.data import DataError, load_evaluation_set, load_training_tensors, resolve_data_root
+from benchmark.data import (
+    DataError,
+    imagenet,
+    load_evaluation_set,
+    load_training_tensors,
+    resolve_data_root,
+    roots,
+)
+from benchmark.paths import RESOURCES_DIR as RESOURCES
 
-RESOURCES = Path(data.__file__).parent / "resources"
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY_IMAGENET_PREPROCESSING = {"resize": 8, "crop": 6, "interpolation": "bilinear"}
 
@@ -35,7 +42,7 @@ def isolated_roots(tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
     monkeypatch.delenv("THREATBENCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(roots, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
 
 
 # ------------------------------------------------------------------------------ writers
@@ -289,7 +296,7 @@ def test_data_dir_argument_beats_environment(tmp_path, monkeypatch):
 def test_environment_beats_debian_package(tmp_path, monkeypatch):
     from_env = write_mnist_dir(tmp_path / "env", seed=2)["t10k"]
     write_mnist_dir(tmp_path / "debian", seed=3)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(roots, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "env"))
     assert resolve_data_root("fashion-mnist", None) == tmp_path / "env"
     subset = load_evaluation_set("fashion-mnist", 20, download=False)
@@ -298,7 +305,7 @@ def test_environment_beats_debian_package(tmp_path, monkeypatch):
 
 def test_debian_package_is_used_for_fashion_mnist_only(tmp_path, monkeypatch):
     from_debian = write_mnist_dir(tmp_path / "debian", seed=3)["t10k"]
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(roots, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     assert resolve_data_root("fashion-mnist", None) == tmp_path / "debian"
     assert resolve_data_root("mnist", None) == tmp_path / "xdg-cache" / "threatbench" / "data"
     subset = load_evaluation_set("fashion-mnist", 20, download=False)
@@ -329,10 +336,21 @@ def test_missing_imagenet_is_blamed_on_imagenet_not_on_other_downloads(tmp_path)
     assert str(tmp_path / "xdg-cache" / "threatbench" / "data" / "imagenet") in message
 
 
+def test_missing_imagenet_names_imagenet_under_threatbench_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREATBENCH_CACHE", str(tmp_path / "one-root"))
+    (tmp_path / "one-root" / "data" / "FashionMNIST" / "raw").mkdir(parents=True)
+    with pytest.raises(DataError) as error:
+        load_evaluation_set("imagenet", 1, download=False)
+    message = str(error.value)
+    assert "FashionMNIST" not in message and "Fashion-MNIST" not in message
+    assert f"{tmp_path / 'one-root' / 'data' / 'imagenet'} does not exist" in message
+    assert "ILSVRC2012_img_val.tar" in message
+
+
 @pytest.mark.parametrize("named_by", ["argument", "environment"])
 def test_named_root_without_the_data_does_not_fall_through(tmp_path, monkeypatch, named_by):
     write_mnist_dir(tmp_path / "debian")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(roots, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     empty = tmp_path / "empty"
     empty.mkdir()
     data_dir = empty if named_by == "argument" else None
@@ -399,7 +417,7 @@ def test_failed_cifar_download_says_how_to_get_it(monkeypatch):
 @pytest.mark.skipif(not (REAL_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST data not installed (apt-get install dataset-fashion-mnist)")
 def test_real_debian_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", REAL_FASHION_MNIST)
+    monkeypatch.setattr(roots, "DEBIAN_FASHION_MNIST_DIR", REAL_FASHION_MNIST)
     subset = load_evaluation_set("fashion-mnist", 100, download=False)
     assert len(subset) == 100
     assert subset.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
@@ -589,7 +607,7 @@ def test_synsets_are_the_pinned_sorted_1000_wnids():
 
 
 def test_modified_subset_list_is_rejected(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "IMAGENET_SUBSET_SHA256", "0" * 64)
+    monkeypatch.setattr(imagenet, "IMAGENET_SUBSET_SHA256", "0" * 64)
     with pytest.raises(DataError, match="imagenet_val_subset.txt has sha256 .* was modified"):
         load_evaluation_set("imagenet", 2, tmp_path, download=False)
 

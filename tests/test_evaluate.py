@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.evaluation.loop as evaluate_module
+import benchmark.evaluation.plan as plan_module
 import benchmark.evaluation.results as results_module
 from benchmark.errors import DefenseOutputError, OutputPathError
-from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.entry import EntryInfo
+from benchmark.evaluation.loop import evaluate
 from benchmark.evaluation.results import RESULT_SCHEMA, decode_bits, read_outcomes, read_record
 from benchmark.evaluation.stats import wilson_interval
 from benchmark.models.defense import Defense
@@ -110,7 +111,7 @@ class _InterruptingAttacks:
     def __init__(self, interrupt_at: tuple[str, int] | None = None):
         self.calls: dict[str, int] = {}
         self.interrupt_at = interrupt_at
-        self.original = evaluate_module.run_white_box
+        self.original = plan_module.run_white_box
 
     def __call__(self, name, *args, **kwargs):
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -122,14 +123,14 @@ class _InterruptingAttacks:
 def test_interrupted_evaluation_resumes_without_recomputing(trained_mlp, quick_result, tmp_path, monkeypatch):
     defense = Defense(trained_mlp, 10, name="mlp")
     interrupting = _InterruptingAttacks(interrupt_at=("pgd", 3))
-    monkeypatch.setattr(evaluate_module, "run_white_box", interrupting)
+    monkeypatch.setattr(plan_module, "run_white_box", interrupting)
     with pytest.raises(KeyboardInterrupt):
         _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
     assert not (tmp_path / "r.json").exists()
     assert (tmp_path / ".r.state.json").exists()
 
     counting = _InterruptingAttacks()
-    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    monkeypatch.setattr(plan_module, "run_white_box", counting)
     resumed = _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
     assert counting.calls == {"pgd": 4, "pgd_margin": 5}, "finished attacks and pgd's two finished batches " \
         "are reused (3 batches of pgd remain, then pgd_margin's 5, then the one batch of the eps = 1 diagnostic)"
@@ -146,14 +147,14 @@ def test_a_committed_checkpoint_resumes_on_another_machine(trained_mlp, quick_re
     defense = Defense(trained_mlp, 10, name="mlp")
     first, second = tmp_path / "machine-1", tmp_path / "machine-2"
     first.mkdir()
-    monkeypatch.setattr(evaluate_module, "run_white_box", _InterruptingAttacks(interrupt_at=("pgd_margin", 2)))
+    monkeypatch.setattr(plan_module, "run_white_box", _InterruptingAttacks(interrupt_at=("pgd_margin", 2)))
     with pytest.raises(KeyboardInterrupt):
         _evaluate(defense, first, checkpoint_seconds=0.0, checkpoint_dir=first / "in-progress")
     assert (first / "in-progress" / "r.state.json").is_file() and not (first / ".r.state.json").exists()
     shutil.copytree(first / "in-progress", second / "in-progress")   # what `git clone` brings back
 
     counting = _InterruptingAttacks()
-    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    monkeypatch.setattr(plan_module, "run_white_box", counting)
     resumed = _evaluate(defense, second, checkpoint_seconds=0.0, checkpoint_dir=second / "in-progress")
     assert counting.calls == {"pgd_margin": 4, "pgd": 1}, "pgd_margin's 4 unfinished batches, then the " \
         "eps = 1 diagnostic (a pgd); every finished measurement comes from the copied checkpoint"
@@ -164,11 +165,11 @@ def test_a_committed_checkpoint_resumes_on_another_machine(trained_mlp, quick_re
 
 def test_a_state_from_another_configuration_is_not_reused(trained_mlp, tmp_path, monkeypatch):
     defense = Defense(trained_mlp, 10, name="mlp")
-    monkeypatch.setattr(evaluate_module, "run_white_box", _InterruptingAttacks(("ifgsm", 1)))
+    monkeypatch.setattr(plan_module, "run_white_box", _InterruptingAttacks(("ifgsm", 1)))
     with pytest.raises(KeyboardInterrupt):
         _evaluate(defense, tmp_path, checkpoint_seconds=0.0)
     counting = _InterruptingAttacks()
-    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    monkeypatch.setattr(plan_module, "run_white_box", counting)
     _evaluate(defense, tmp_path, seed=1, checkpoint_seconds=0.0)   # another seed: start afresh
     assert counting.calls["fgsm"] == 5
 
@@ -189,7 +190,7 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
 def test_output_under_a_file_fails_before_any_work(trained_mlp, tmp_path, monkeypatch):
     counting = _InterruptingAttacks()
-    monkeypatch.setattr(evaluate_module, "run_white_box", counting)
+    monkeypatch.setattr(plan_module, "run_white_box", counting)
     (tmp_path / "results").write_text("a file, not a folder")
     with pytest.raises(OutputPathError, match="a file is in the way"):
         evaluate(Defense(trained_mlp, 10), "fashion-mnist", out=tmp_path / "results" / "r.json",

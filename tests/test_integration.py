@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.entry import EntryInfo
+from benchmark.evaluation.loop import evaluate
 from benchmark.evaluation.results import read_outcomes, read_record
 from benchmark.models.defense import load
 from benchmark.models.training import StandardRecipe, train_standard

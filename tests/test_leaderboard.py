@@ -233,7 +233,7 @@ def test_each_ranked_row_has_a_stable_anchor_and_links_its_record_and_judge_comm
 
 
 def test_an_anchor_holds_only_safe_characters_and_two_names_never_share_one():
-    from benchmark.board.leaderboard import row_anchor
+    from benchmark.board.record_fields import row_anchor
 
     def anchor(name: str) -> str:
         return row_anchor({"dataset": "fashion-mnist", "budget": "standard", "entry": {"name": name}})
@@ -258,7 +258,7 @@ def test_a_hostile_entry_name_gets_a_safe_anchor_and_no_record_link(tmp_path):
 def test_every_headline_number_shows_its_own_n(board):
     """The ranking key stands on n and the NAttack subsample (spec v2), and a spec v1 key on its first
     `nattack_n` examples only: the column beside it says which, in every table that shows a key."""
-    from benchmark.board.leaderboard import KEY_SIZE
+    from benchmark.board.cells import KEY_SIZE
     from benchmark.evaluation.record_check import load_record
 
     page = page_of(board)

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.board import leaderboard
-from benchmark.board.leaderboard import (
-    Row,
-    page_path,
-    render_dataset,
-    render_pages,
-    render_references,
-    write_pages,
-)
+from benchmark.board import ranking
+from benchmark.board.leaderboard import page_path, render_pages, write_pages
+from benchmark.board.pages import render_dataset
+from benchmark.board.ranking import Row
 from benchmark.board.references import Claim, Reference
+from benchmark.board.sections import render_references
 from benchmark.errors import OutputPathError
 from benchmark.evaluation.results import RecordError, read_json
 from benchmark.spec import load_spec
@@ -93,7 +89,7 @@ def tables(page: str) -> list[list[str]]:
 
 @pytest.fixture
 def lenient_loader(monkeypatch):
-    monkeypatch.setattr(leaderboard, "load_record", lambda path, **_: read_json(path))
+    monkeypatch.setattr(ranking, "load_record", lambda path, **_: read_json(path))
 
 
 def write_record(board: Path, document: dict, name: str = "robust-a") -> Path:

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.evaluation.loop as evaluate_module
+import benchmark.evaluation.batch_sizes as batch_sizes_module
+import benchmark.evaluation.plan as plan_module
 from benchmark.attacks.sources import SOURCES_DIR, load_held_out_sources
 from benchmark.attacks.transfer import TransferCache, TransferSource
 from benchmark.cli import main
 from benchmark.errors import ThreatbenchError
-from benchmark.evaluation.loop import EntryInfo, evaluate
+from benchmark.evaluation.entry import EntryInfo
+from benchmark.evaluation.loop import evaluate
 from benchmark.models.defense import Defense, WeightsError
 from benchmark.spec import HeldOutSource, load_spec
 from tests.conftest import requires_fashion
@@ -139,10 +141,10 @@ def test_nattack_interrupted_resumes_without_losing_examples(trained_mlp, tmp_pa
     defense = Defense(trained_mlp, 10)
     kwargs = dict(budget="quick", spec=spec, out=tmp_path / "r.json", progress=False,
                   families=("adaptive",), checkpoint_seconds=0.0)
-    monkeypatch.setattr(evaluate_module, "nattack_batch_size", lambda *a: 8)
+    monkeypatch.setattr(batch_sizes_module, "nattack_batch_size", lambda *a: 8)
     reference = evaluate(defense, "fashion-mnist", **{**kwargs, "out": tmp_path / "ref.json"})
     calls = []
-    original = evaluate_module.nattack
+    original = plan_module.nattack
 
     def interrupting(*args, **kw):
         calls.append(1)
@@ -150,11 +152,11 @@ def test_nattack_interrupted_resumes_without_losing_examples(trained_mlp, tmp_pa
             raise KeyboardInterrupt
         return original(*args, **kw)
 
-    monkeypatch.setattr(evaluate_module, "nattack", interrupting)
+    monkeypatch.setattr(plan_module, "nattack", interrupting)
     with pytest.raises(KeyboardInterrupt):
         evaluate(defense, "fashion-mnist", **kwargs)
     calls.clear()
-    monkeypatch.setattr(evaluate_module, "nattack", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
+    monkeypatch.setattr(plan_module, "nattack", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
     resumed = evaluate(defense, "fashion-mnist", **kwargs)
     assert len(calls) == 2, "the first batch of 8 images is not attacked again"
     assert (resumed.outcomes["nattack"].queries == reference.outcomes["nattack"].queries).all()

@@ -23,9 +23,8 @@ from torch import nn
 from benchmark.attacks.batches import iterate_batches
 from benchmark.attacks.gradient import AttackBatch, check_perturbation, run_white_box
 from benchmark.models.defense import Defense
-from benchmark.spec import DatasetSpec
+from benchmark.spec import TRANSFER_ATTACKS, DatasetSpec  # noqa: F401  (TRANSFER_ATTACKS: the names it crafts)
 
-TRANSFER_ATTACKS = ("fgsm", "rand_fgsm", "ifgsm", "pgd")
 CHUNK = 500
 
 

@@ -17,17 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmark.board.leaderboard import (
-    LEADERBOARD_DIR,
-    Row,
+from benchmark.board.ranking import Row, spec_datasets
+from benchmark.board.record_fields import (
     check_rendered_fields,
     judge_commit,
     record_date,
     row_anchor,
-    spec_datasets,
 )
 from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.record_check import load_record
+from benchmark.paths import LEADERBOARD_DIR
 from benchmark.spec import load_spec
 from benchmark.untrusted import _CONTROL
 from benchmark.version import __version__, release

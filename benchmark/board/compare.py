@@ -22,11 +22,12 @@ from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.record_check import load_record
 from benchmark.evaluation.results import Outcomes, read_outcomes, record_paths
 from benchmark.evaluation.stats import paired_test
+from benchmark.spec.names import FAMILY_LABELS
 
 SAME = (("dataset",), ("spec", "version"), ("spec", "sha256"), ("budget",), ("n",), ("nattack_n",), ("seed",),
         ("subset_sha256",))
-FAMILY_LABELS = {"clean": "clean", "white_box": "worst white-box", "transfer": "worst transfer",
-                 "all": "worst over all families (NAttack subsample)"}
+ROW_LABELS = {"clean": "clean", **{f: f"worst {FAMILY_LABELS[f]}" for f in ("white_box", "transfer")},
+              "all": "worst over all families (NAttack subsample)"}
 ALPHA = 0.05
 
 
@@ -113,7 +114,7 @@ def compare_pair(a: Compared, b: Compared) -> list[FamilyTest]:
     check_comparable(a, b)
     first, second = family_bits(a), family_bits(b)
     tests = []
-    for family in FAMILY_LABELS:
+    for family in ROW_LABELS:
         if family not in first or family not in second:
             continue
         (columns, a_bits), (other_columns, b_bits) = first[family], second[family]
@@ -153,7 +154,7 @@ def render(records: list[Compared]) -> str:
     when there are more than two; all pairs otherwise)."""
     from tabulate import tabulate
 
-    header = ["entry", *FAMILY_LABELS.values(), "ranking key [95% CI]"]
+    header = ["entry", *ROW_LABELS.values(), "ranking key [95% CI]"]
     rows = []
     for compared in records:
         bits = family_bits(compared)
@@ -161,7 +162,7 @@ def render(records: list[Compared]) -> str:
         key_text = "n/a" if key is None else (f"{100 * key['accuracy']:.1f} [{100 * key['interval'][0]:.1f}, "
                                                f"{100 * key['interval'][1]:.1f}]")
         rows.append([compared.name, *(f"{100 * bits[f][1].mean():.1f}" if f in bits else "n/a"
-                                      for f in FAMILY_LABELS), key_text])
+                                      for f in ROW_LABELS), key_text])
     first = records[0].record
     lines = [f"{first['dataset']}, spec {first['spec']['version']}, budget {first['budget']}, n = {first['n']} "
              f"(NAttack subsample {first['nattack_n']}), seed {first['seed']}; accuracy %:", "",
@@ -173,7 +174,7 @@ def render(records: list[Compared]) -> str:
     for a, b, family_tests in tests:
         for test in family_tests:
             significant = test.p_value < ALPHA / count
-            table.append([f"{a.name} vs {b.name}", FAMILY_LABELS[test.family], test.examples,
+            table.append([f"{a.name} vs {b.name}", ROW_LABELS[test.family], test.examples,
                           test.a_only, test.b_only, f"{test.p_value:.2g}" if test.p_value > 0 else "< 1e-300",
                           (f"{a.name if test.a_only > test.b_only else b.name} better" if significant
                            else "no significant difference")])

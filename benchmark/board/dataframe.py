@@ -1,6 +1,6 @@
 """A leaderboard as a pandas DataFrame: `benchmark.board.dataframe.table("fashion-mnist")`.
 
-The same records, checks and ranking as the generated pages (benchmark.board.leaderboard): every record
+The same records, checks and ranking as the generated pages (benchmark.board.ranking): every record
 verified on load, only records of the current spec, ranked by the worst case over all families within
 each ranked budget. Accuracies are fractions in [0, 1].
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.board.leaderboard import LEADERBOARD_DIR, Row, collect, ranked_budgets, ranked_rows
+from benchmark.board.ranking import Row, collect, ranked_budgets, ranked_rows
+from benchmark.paths import LEADERBOARD_DIR
 from benchmark.spec import load_spec
 
 COLUMNS = ("rank", "entry", "kind", "budget", "n", "nattack_subsample", "clean", "worst_white_box",

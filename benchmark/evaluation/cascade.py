@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmark.evaluation.stats import wilson_interval
 from benchmark.runtime.randomness import derive_seed
+from benchmark.spec.names import FAMILY_LABELS
 
 SUBSAMPLE_STREAM = "adaptive-subsample"
 
@@ -159,7 +160,6 @@ def cascade_stages(clean: np.ndarray, families: list[tuple[str, np.ndarray]],
 
 def describe_cascade(stages: list[dict[str, Any]]) -> str:
     """One line: what each stage of a record's cascade broke and left."""
-    words = {"white_box": "white-box", "transfer": "transfer", "adaptive": "NAttack"}
     parts = []
     for stage in stages:
         if stage["family"] == "clean":
@@ -168,5 +168,5 @@ def describe_cascade(stages: list[dict[str, Any]]) -> str:
             parts.append(f"NAttack broke {stage['broken']} of the {stage['survivors_in_subsample']} survivors "
                          f"in its subsample of {stage['subsample']} ({stage['attacked']} attacked)")
         else:
-            parts.append(f"{words[stage['family']]} broke {stage['broken']} ({stage['survivors']} left)")
+            parts.append(f"{FAMILY_LABELS[stage['family']]} broke {stage['broken']} ({stage['survivors']} left)")
     return "; ".join(parts)

@@ -31,9 +31,9 @@ import numpy as np
 
 from benchmark.evaluation.results import Outcomes
 from benchmark.evaluation.stats import PairedTest, binomial_tail, paired_test
+from benchmark.spec.names import SINGLE_STEP_ATTACKS
 
 ALPHA = 0.01                     # one-sided, per flag (docs/ranking.md)
-SINGLE_STEP = ("fgsm", "step_ll", "rand_fgsm")
 ITERATIVE = ("pgd", "epgd", "pgd_margin", "epgd_margin", "ifgsm")
 UNBOUNDED_PGD_TOLERANCE = 0.01   # PGD at eps = 1 must bring accuracy to ~0: at most 1%
 # Honest ReLU networks have rare inputs where a whole layer is dead and the logits are constant (zoo
@@ -187,7 +187,7 @@ def nattack_beats_white_box(record: dict[str, Any], outcomes: dict[str, Outcomes
 def single_step_beats_pgd(record: dict[str, Any], outcomes: dict[str, Outcomes]) -> dict[str, Any]:
     white_box = _family(record, "white_box")
     iterative = [name for name in ITERATIVE if name in white_box]
-    single = [name for name in SINGLE_STEP if name in white_box]
+    single = [name for name in SINGLE_STEP_ATTACKS if name in white_box]
     if not iterative or not single:
         return _not_evaluated("needs a single-step and an iterative white-box attack")
     label = " & ".join(iterative)

@@ -24,6 +24,14 @@ from typing import Any
 import numpy as np
 
 from benchmark.evaluation.cascade import adaptive_subsample
+from benchmark.evaluation.plan import white_box_attacks
+from benchmark.evaluation.record_numbers import (
+    measurement_numbers,
+    nattack_cascade,
+    record_cascade,
+    summarize,
+    worst_cases,
+)
 from benchmark.evaluation.results import Outcomes, RecordError
 from benchmark.spec import FAMILIES, Spec, spec_for_record
 
@@ -72,8 +80,6 @@ def _only(table: Any, allowed: set[str], where: str, path: Path) -> None:
 
 def check_against_spec(record: dict[str, Any], path: Path) -> Spec:
     """The budget, sizes, attacks and seed are those of the spec version the record names."""
-    from benchmark.evaluation.loop import white_box_attacks
-
     try:
         spec = spec_for_record(record["spec"]["version"], record["spec"]["sha256"])
     except ValueError as error:
@@ -120,14 +126,6 @@ def derived_numbers(record: dict[str, Any], outcomes: dict[str, Outcomes], confi
     subsample, or None), `worst_case`, and `cascade` with NAttack's line of it (None without a
     subsample). Flags are derived from the record with these numbers in it
     (benchmark.evaluation.diagnostics.gradient_masking_flags)."""
-    from benchmark.evaluation.loop import (
-        measurement_numbers,
-        nattack_cascade,
-        record_cascade,
-        summarize,
-        worst_cases,
-    )
-
     derived: dict[str, Any] = {"clean": summarize(outcomes["clean"].correct, confidence), "by_family": {}}
     for group in ("attacks", "diagnostics"):
         derived[group] = {name: measurement_numbers(outcomes[name], confidence) for name in record[group]}

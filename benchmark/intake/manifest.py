@@ -34,23 +34,29 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-import yaml
-
-from benchmark import paths
-from benchmark.errors import ArchitectureError, ThreatbenchError
+from benchmark.errors import ArchitectureError
+from benchmark.intake.names import name_key, taken_names
+from benchmark.intake.safe_yaml import (  # noqa: F401  (ManifestError and the limits are re-exported)
+    MAX_DEPTH,
+    MAX_MANIFEST_BYTES,
+    ManifestError,
+    join_key,
+    read_yaml,
+)
 from benchmark.models.architectures import NOISE_PREFIXES, check_architecture
 from benchmark.models.smoothing import VOTES
-from benchmark.spec import Spec, SpecError, load_spec
+from benchmark.spec import (
+    ADAPTIVE_ATTACK,
+    MEASURED_FAMILIES,
+    WHITE_BOX_ATTACKS,
+    Spec,
+    SpecError,
+    load_spec,
+)
 from benchmark.untrusted import (
     FULL_SHA,
     LINK_HOSTS,
@@ -67,21 +73,13 @@ TOP_KEYS = {"schema", "name", "dataset", "paper", "authors", "license", "model",
 MODEL_KEYS = {"repo", "revision", "architecture", "config_sha256", "weights", "sha256", "preprocessing",
               "randomized", "smoothing"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar", ".h5", ".npy", ".npz")
-CLAIM_FAMILIES = ("clean", "white_box", "transfer", "adaptive", "all")
-CLAIM_ATTACKS = ("fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd", "epgd", "nattack")
+CLAIM_FAMILIES = (*MEASURED_FAMILIES, "all")
+CLAIM_ATTACKS = (*WHITE_BOX_ATTACKS, ADAPTIVE_ATTACK)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-SUBMISSIONS_DIR = paths.SUBMISSIONS_DIR
-ZOO_FILES_DIR = paths.ZOO_FILES_DIR
-MAX_MANIFEST_BYTES = 64 * 1024
-MAX_DEPTH = 6              # top level > model > preprocessing > mean is 4
 MAX_TEXT_CHARS = 200       # any text field without a cap of its own
 MAX_AUTHORS = 100
 TEXT_LIMITS = {"paper": 300, "license": 100, "claimed.source": 300, "dataset": 64, "model.architecture": 200}
-
-
-class ManifestError(ThreatbenchError, ValueError):
-    """An invalid manifest; the message names the file and the dotted key, and says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -137,98 +135,6 @@ class Manifest:
         return {"file": f"submissions/{self.path.name}", "sha256": self.sha256}
 
 
-# ---------------------------------------------------------------- YAML
-
-
-class _Refused(yaml.YAMLError):
-    """A YAML feature a manifest may not use; `where`: the dotted key, or the line."""
-
-    def __init__(self, where: str, problem: str):
-        super().__init__(problem)
-        self.where = where
-        self.problem = problem
-
-
-def _line(mark: yaml.Mark) -> str:
-    return f"line {mark.line + 1}"
-
-
-class _ManifestLoader(yaml.SafeLoader):
-    """safe_load without what a manifest never needs and an attacker can use: anchors and aliases
-    (an 876-byte alias bomb expands to gigabytes) and deep nesting (recursion), both refused while
-    the document is composed, before anything is expanded."""
-
-    depth = 0
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(_line(event.start_mark), "YAML anchors and aliases (&name, *name) are not "
-                           "allowed in a manifest; write each value out")
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                raise _Refused(_line(event.start_mark), f"nested deeper than {MAX_DEPTH} levels; a "
-                               "manifest is a few flat mappings (see submissions/README.md)")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-def _refuse_repeated_keys(node: yaml.Node, where: str) -> None:
-    """Duplicate keys (the second `sha256:` would silently win) and merge keys (`<<`), by dotted key."""
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _refuse_repeated_keys(item, f"{where}[{index}]")
-    if not isinstance(node, yaml.MappingNode):
-        return
-    first: dict[str, yaml.Mark] = {}
-    for key_node, value_node in node.value:
-        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else _line(key_node.start_mark)
-        here = _join(where, field_name(key))
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            raise _Refused(here, "merge keys (<<) are not allowed in a manifest; write the keys out")
-        if key in first:
-            raise _Refused(here, f"duplicate key ({_line(first[key])} and {_line(key_node.start_mark)}); "
-                           "give each key once")
-        first[key] = key_node.start_mark
-        _refuse_repeated_keys(value_node, here)
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """One line: where and what, with the parser's wording cut short (it can quote the input)."""
-    if isinstance(error, yaml.MarkedYAMLError):
-        mark = error.problem_mark or error.context_mark
-        where = f"{_line(mark)}, column {mark.column + 1}: " if mark is not None else ""
-        what = "; ".join(part for part in (error.context, error.problem) if part)
-        return where + " ".join(what.split())[:200]
-    return " ".join(str(error).split())[:200]
-
-
-def read_yaml(raw: bytes, name: str) -> Any:
-    """The document in `raw`, or ManifestError naming `name` and the key or line."""
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{name}: {len(raw):,} bytes; a manifest is at most {MAX_MANIFEST_BYTES:,} bytes")
-    try:
-        loader = _ManifestLoader(raw.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise ManifestError(f"{name}: not valid YAML: not UTF-8 (byte {error.start})") from None
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _refuse_repeated_keys(node, "")
-        return loader.construct_document(node)
-    except _Refused as error:
-        raise ManifestError(f"{name}: {error.where}: {error.problem}") from None
-    except yaml.YAMLError as error:
-        raise ManifestError(f"{name}: not valid YAML: {_yaml_problem(error)}") from None
-    except (ValueError, RecursionError) as error:   # e.g. an integer of more digits than int() reads
-        raise ManifestError(f"{name}: not valid YAML: {' '.join(str(error).split())[:120]}") from None
-    finally:
-        loader.dispose()
-
-
 # ---------------------------------------------------------------- checks
 
 
@@ -246,11 +152,11 @@ class _Checker:
             raise self.fail(where or "(top level)", f"expected a mapping, got {type(table).__name__}")
         unknown = sorted(set(map(str, table)) - allowed)
         if unknown:
-            raise self.fail(_join(where, field_name(unknown[0])),
+            raise self.fail(join_key(where, field_name(unknown[0])),
                             f"unknown key (allowed: {', '.join(sorted(allowed))})")
         missing = sorted(required - set(table))
         if missing:
-            raise self.fail(_join(where, missing[0]), "missing (required)")
+            raise self.fail(join_key(where, missing[0]), "missing (required)")
         return table
 
     def text(self, value: Any, key: str, pattern: re.Pattern | None = None, hint: str = "") -> str:
@@ -282,10 +188,6 @@ class _Checker:
         if not isinstance(value, bool):
             raise self.fail(key, f"expected true or false, got {excerpt(value)}")
         return value
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
 
 
 def _relative_file(check: _Checker, value: Any, key: str) -> str:
@@ -436,43 +338,6 @@ def parse_manifest(document: Any, *, path: Path, sha256: str, spec: Spec) -> Man
         model=_model(check, table["model"], dataset.num_classes, dataset.input_shape[0]),
         claimed=_claimed(check, table.get("claimed"), dataset.eps), path=path, sha256=sha256,
     )
-
-
-# ---------------------------------------------------------------- names
-
-
-def name_key(name: str) -> str:
-    """What two entry names share when a reader could take one for the other."""
-    return re.sub(r"[^0-9a-z]", "", name.casefold())
-
-
-def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) -> dict[str, str]:
-    """name_key -> what holds it: every zoo entry, reference entry and submission other than the
-    one `manifest_path` names (in the repository's submissions/ and beside the manifest)."""
-    from benchmark.board.references import load_references
-
-    taken: dict[str, str] = {}
-    for directory in (submissions_dir, manifest_path.parent):
-        for other in sorted(directory.glob("*.y*ml")):
-            if other.suffix in (".yaml", ".yml") and other.stem != manifest_path.stem:
-                taken.setdefault(name_key(other.stem), f"the submission {other.stem!r} ({other.name})")
-    for dataset, references in load_references().items():
-        for reference in references:
-            taken[name_key(reference.name)] = f"the reference entry {reference.name!r} ({dataset})"
-    for dataset, name in zoo_entry_names():
-        taken[name_key(name)] = f"the zoo entry {name!r} ({dataset})"
-    return taken
-
-
-def zoo_entry_names() -> list[tuple[str, str]]:
-    """(dataset, name) of every baseline in baselines/zoo/*.toml, read as data: the judge never
-    imports the baselines' code (tests/test_zoo.py)."""
-    names = []
-    for zoo_file in sorted(ZOO_FILES_DIR.glob("*.toml")):
-        table = tomllib.loads(zoo_file.read_text(encoding="utf-8"))
-        names += [(str(table.get("dataset", zoo_file.stem)), str(entry["name"]))
-                  for entry in table.get("entries", []) if isinstance(entry, dict) and "name" in entry]
-    return names
 
 
 def check_name_is_free(manifest: Manifest, taken: dict[str, str]) -> None:

@@ -91,7 +91,7 @@ class Budget:
     n: int
     nattack_n: int
     nattack_max_iterations: int | None = None
-    ranked: bool = False           # records at this budget can be ranked (benchmark.board.leaderboard)
+    ranked: bool = False           # records at this budget can be ranked (benchmark.board.ranking)
     # A smoothed entry pays its m forward passes on every query and every prediction, so a budget
     # may give it fewer examples; only the sample sizes differ, never what is measured.
     smoothed_n: int | None = None

@@ -185,7 +185,8 @@ def _replay_evaluation(record: dict[str, Any], spec: Spec, device: torch.device,
 
 def _replay(record: dict[str, Any], spec: Spec, device: torch.device, families: tuple[str, ...],
             **options: Any):
-    from benchmark.evaluation.loop import EntryInfo, evaluate
+    from benchmark.evaluation.entry import EntryInfo
+    from benchmark.evaluation.loop import evaluate
 
     defense = defense_from_record(record, spec, device)
     try:
