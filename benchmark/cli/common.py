@@ -15,7 +15,7 @@ if TYPE_CHECKING:   # the CLI imports torch only when a command needs it: `--hel
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-TERMINAL_WIDTH = 100   # what every table and line `run` / `evaluate` print fits in (tests/test_cli.py)
+TERMINAL_WIDTH = 100   # what every table and line `run` / `evaluate` print fits in (tests/cli/test_cli.py)
 DEFAULT_BUDGET_HELP = ("default (every command that measures): full on a GPU, quick on a CPU (a smoke test, "
                        "never ranked); standard gives ranked numbers on a CPU")
 NO_CASCADE_HELP = ("diagnostic: NAttack attacks every example of its subsample, not only the survivors of "

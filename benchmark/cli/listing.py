@@ -55,7 +55,7 @@ def architecture_lines(args) -> list[str]:
 
 def read_zoo(dataset: str) -> list[dict]:
     """The entries of baselines/zoo/<dataset>.toml, read as data: the judge never imports the
-    baselines' code (tests/test_zoo.py). A smoothed variant takes its role and architecture from
+    baselines' code (tests/baselines/test_zoo.py). A smoothed variant takes its role and architecture from
     its base entry."""
     zoo_files = {path.stem: path for path in ZOO_FILES_DIR.glob("*.toml")}
     if dataset not in zoo_files:

@@ -40,7 +40,7 @@ def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) ->
 
 def zoo_entry_names() -> list[tuple[str, str]]:
     """(dataset, name) of every baseline in baselines/zoo/*.toml, read as data: the judge never
-    imports the baselines' code (tests/test_zoo.py)."""
+    imports the baselines' code (tests/baselines/test_zoo.py)."""
     names = []
     for zoo_file in sorted(ZOO_FILES_DIR.glob("*.toml")):
         table = tomllib.loads(zoo_file.read_text(encoding="utf-8"))

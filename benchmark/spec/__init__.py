@@ -37,7 +37,7 @@ else:  # pragma: no cover
 SPEC_DIR = paths.SPEC_DIR
 DEFAULT_SPEC_PATH = SPEC_DIR / "v2.toml"
 # Byte forms of a frozen spec that records pin besides the file's own: v1.toml's header comment once
-# cited a file outside the repository (tests/test_spec.py restores those bytes; no value differs).
+# cited a file outside the repository (tests/spec/test_spec.py restores those bytes; no value differs).
 EARLIER_SHA256 = {"1.0.0": ("6d9fd7b89bfab4fd43e89a1355165bd34396ca1544d2ad9b6c1d81b78c7400cc",)}
 
 __all__ = [*_names, "SPEC_SCHEMA", "SPEC_DIR", "DEFAULT_SPEC_PATH", "EARLIER_SHA256", "AdaptivePolicy",

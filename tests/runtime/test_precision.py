@@ -16,7 +16,7 @@ from benchmark.runtime.precision import (
     require_validated,
 )
 from benchmark.tools.precision_check import compare_attack, run_precision_check, write_check
-from tests.test_transfer import small_spec
+from tests.attacks.test_transfer import small_spec
 
 CPU = torch.device("cpu")
 

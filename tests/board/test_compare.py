@@ -14,7 +14,7 @@ from benchmark.board.compare import CompareError, compare_pair, load_compared
 from benchmark.board.dataframe import table
 from benchmark.cli import main
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 RESULTS = REPOSITORY / "leaderboard" / "results" / "fashion-mnist"
 
 
@@ -91,7 +91,7 @@ def test_a_leaderboard_reads_as_a_dataframe_ranked_like_the_page(tmp_path):
 
 def test_the_readmes_python_example_runs():
     readme = (REPOSITORY / "README.md").read_text()
-    marker = "<!-- python example: executed by tests/test_compare.py -->"
+    marker = "<!-- python example: executed by tests/board/test_compare.py -->"
     code = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)   # the repository's own README, not user input

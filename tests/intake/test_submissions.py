@@ -20,7 +20,7 @@ from benchmark.models.defense import file_sha256
 from tests.conftest import requires_fashion, write_small_spec
 from tests.local_hub import OLAH_REASON, LocalHub, olah_installed
 
-ZOO_A = Path(__file__).resolve().parent.parent / "baselines" / "zoo" / "weights" / "fashion-mnist" / "A.safetensors"
+ZOO_A = Path(__file__).resolve().parents[2] / "baselines" / "zoo" / "weights" / "fashion-mnist" / "A.safetensors"
 PICKLE_MARKER = "threatbench-test-pickle-was-loaded"
 
 requires_olah = pytest.mark.skipif(not olah_installed(), reason=OLAH_REASON)
@@ -599,7 +599,7 @@ def test_the_example_manifest_validates_and_the_readme_is_true(capsys):
     submissions README names every dataset of the spec and only paths that exist."""
     from benchmark.spec import load_spec
 
-    repository = Path(__file__).resolve().parent.parent
+    repository = Path(__file__).resolve().parents[2]
     code, output = run_cli(capsys, "submission", "validate", str(repository / "submissions" / "example.yaml"))
     assert code == 0 and "valid (fashion-mnist, your-org/your-defense@" in output
     readme = (repository / "submissions" / "README.md").read_text()

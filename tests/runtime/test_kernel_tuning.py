@@ -19,8 +19,8 @@ from benchmark.runtime.kernel_tuning import (
     resolve_tuning,
 )
 from benchmark.tools.perf import kernel_tunings, measure_kernel_tunings
+from tests.attacks.test_transfer import small_spec
 from tests.conftest import requires_fashion, small_mlp
-from tests.test_transfer import small_spec
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -18,7 +18,7 @@ from records import write_true_record
 from benchmark.board.leaderboard import LEADERBOARD_DIR, render_pages, stale_pages, write_pages
 from benchmark.spec import load_spec
 
-GOLDEN = Path(__file__).parent / "fixtures" / "leaderboard" / "fashion-mnist.md"
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "leaderboard" / "fashion-mnist.md"
 VERSION = load_spec().version
 
 

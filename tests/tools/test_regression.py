@@ -16,7 +16,7 @@ from benchmark.tools import regression
 from benchmark.tools.regression import MissingResource, compare, regression_cases
 from tests.conftest import requires_fashion
 
-RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "leaderboard" / "results"
 D_RECORD = RESULTS / "fashion-mnist" / "D-standard.json"
 
 
@@ -77,7 +77,7 @@ def test_the_documented_chance_of_catching_changed_bits_is_the_formula():
     """docs/record-format.md quotes 1 - C(n - m, k) / C(n, k) at n = 3000, k = REGRESSION_N."""
     from math import comb
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "record-format.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "record-format.md").read_text()
     assert f"k = {regression.REGRESSION_N}, randomized entries {regression.REGRESSION_N_RANDOMIZED}" in page
     for changed, shown in ((1, "1.3%"), (30, "33%"), (150, "87%"), (300, "98.6%")):
         chance = 1 - comb(3000 - changed, regression.REGRESSION_N) / comb(3000, regression.REGRESSION_N)

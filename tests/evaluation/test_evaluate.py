@@ -265,7 +265,7 @@ def test_randomized_scores_that_do_not_sum_to_one_are_refused(trained_mlp, tmp_p
 
 def test_randomized_results_do_not_depend_on_the_batch_size(trained_mlp, tmp_path):
     """Randomized entries run in the spec's fixed batches: another --batch-size changes nothing."""
-    from tests.test_transfer import small_spec
+    from tests.attacks.test_transfer import small_spec
 
     spec = small_spec(n=60, nattack_n=8, nattack_max_iterations=2)   # two fixed batches: 50 and 10
     noisy = Defense(NoisyModel(trained_mlp, 0.05), 10, randomized=True, name="noisy")

@@ -20,7 +20,7 @@ from benchmark.models.architectures import build
 from benchmark.runtime.distributed import Shard
 from tests.conftest import requires_fashion, write_small_spec
 
-ZOO = Path(__file__).resolve().parent.parent / "baselines" / "zoo" / "weights" / "fashion-mnist"
+ZOO = Path(__file__).resolve().parents[2] / "baselines" / "zoo" / "weights" / "fashion-mnist"
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -184,7 +184,7 @@ def run_two_processes(script: Path, tmp_path: Path) -> subprocess.CompletedProce
     """`script` in a real 2-process torchrun group (gloo); fails the test if a process fails."""
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                              str(script)], capture_output=True, text=True, env=_environment(tmp_path / "c"),
-                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
+                            timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 

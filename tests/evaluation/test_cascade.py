@@ -225,7 +225,7 @@ def test_each_stage_of_the_cascade_says_what_it_attacked_and_broke(with_and_with
     assert stages["adaptive"]["survivors"] == stages["adaptive"]["survivors_in_subsample"] - stages["adaptive"]["broken"]
 
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 CASCADED = REPOSITORY / "leaderboard" / "results" / "fashion-mnist" / "D-standard.json"
 NOT_CASCADED = REPOSITORY / "leaderboard" / "diagnostics" / "cascade" / "no-cascade" / "D-standard.json"
 

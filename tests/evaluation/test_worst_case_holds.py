@@ -19,8 +19,8 @@ from baselines.zoo import entry_defense, load_zoo
 from benchmark.cli import main
 from benchmark.evaluation.loop import evaluate
 from benchmark.models.defense import Defense
+from tests.attacks.test_transfer import small_spec
 from tests.conftest import NoisyModel, requires_fashion, write_small_spec
-from tests.test_transfer import small_spec
 
 pytestmark = [requires_fashion, pytest.mark.slow]
 
@@ -158,7 +158,7 @@ def test_the_stateful_memoriser_is_refused_before_any_attack(trained_mlp, tmp_pa
     """Honest under grad, and under no_grad the earlier answer for anything within eps of a seen input:
     v1 gave it a 74% worst case where the same network has 16%."""
     from benchmark.errors import StatefulDefenseError
-    from tests.test_checks import Memoriser
+    from tests.evaluation.test_checks import Memoriser
 
     with pytest.raises(StatefulDefenseError) as refused:
         _judge(Memoriser(trained_mlp), tmp_path)

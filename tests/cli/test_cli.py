@@ -194,7 +194,7 @@ def test_what_run_prints_fits_in_100_columns():
     from benchmark.evaluation.record import Result
     from benchmark.evaluation.results import read_outcomes, record_paths
 
-    results = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
+    results = Path(__file__).resolve().parents[2] / "leaderboard" / "results"
     paths = record_paths(results)
     assert paths, "no committed record to print"
     records = []
@@ -220,7 +220,7 @@ def test_one_default_results_location_everywhere_it_is_documented():
     assert defaults == {"threatbench-results"}
     from benchmark.cli.common import default_out
     assert str(default_out.__defaults__[0]) == "threatbench-results"
-    repository = Path(__file__).resolve().parent.parent
+    repository = Path(__file__).resolve().parents[2]
     for page in (repository / "README.md", repository / "leaderboard" / "README.md"):
         text = " ".join(page.read_text().split())
         assert "threatbench-results/<dataset>/<entry>-<budget>.json" in text, page

@@ -22,7 +22,7 @@ import yaml
 from benchmark.cli import build_parser
 from benchmark.intake.manifest import load_manifest
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPOSITORY / ".github" / "workflows").glob("*.yml"))
 EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 

@@ -22,7 +22,7 @@ from benchmark.evaluation.results import (
 )
 from benchmark.spec import load_spec
 
-RESULTS = Path(__file__).resolve().parent.parent / "leaderboard" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "leaderboard" / "results"
 CURRENT = load_spec().version
 
 

@@ -1,6 +1,6 @@
 """Constructed gradient-masked models: the flags fire and the worst case over all families lies
 far below the white-box number. (Logit scaling, binarisation and undeclared noise, each compared
-with a strong adaptive attack: tests/test_worst_case_holds.py.)"""
+with a strong adaptive attack: tests/evaluation/test_worst_case_holds.py.)"""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from benchmark.evaluation.loop import evaluate
 from benchmark.models.defense import Defense
+from tests.attacks.test_transfer import small_spec
 from tests.conftest import requires_fashion
-from tests.test_transfer import small_spec
 
 pytestmark = [requires_fashion, pytest.mark.slow]
 

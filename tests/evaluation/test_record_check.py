@@ -13,7 +13,7 @@ from benchmark.evaluation.record_check import load_record
 from benchmark.evaluation.results import RecordError, examples_path
 from benchmark.spec import load_spec
 
-RECORDS = Path(__file__).resolve().parent.parent / "leaderboard" / "results" / "fashion-mnist"
+RECORDS = Path(__file__).resolve().parents[2] / "leaderboard" / "results" / "fashion-mnist"
 COMMITTED = sorted(p for p in RECORDS.rglob("*-quick.json") if "smoothing" not in p.name)
 
 

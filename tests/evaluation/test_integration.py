@@ -10,8 +10,8 @@ from benchmark.evaluation.loop import evaluate
 from benchmark.evaluation.results import read_outcomes, read_record
 from benchmark.models.defense import load
 from benchmark.models.training import StandardRecipe, train_standard
+from tests.attacks.test_transfer import small_spec
 from tests.conftest import requires_fashion
-from tests.test_transfer import small_spec
 
 
 @requires_fashion
