@@ -28,8 +28,8 @@ from benchmark.data import load_evaluation_set
 from benchmark.evaluation.batch_sizes import choose_batch_sizes, default_batch_size
 from benchmark.evaluation.cascade import survivors
 from benchmark.evaluation.checks import check_defense_is_consistent
+from benchmark.evaluation.checks.output import check_defense_output
 from benchmark.evaluation.entry import EntryInfo
-from benchmark.evaluation.output_check import check_defense_output
 from benchmark.evaluation.plan import (
     Conditions,
     Measurement,

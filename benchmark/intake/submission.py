@@ -17,8 +17,8 @@ import torch
 
 from benchmark.data import DataError, load_evaluation_set
 from benchmark.errors import ArchitectureError
+from benchmark.evaluation.checks.output import check_defense_output
 from benchmark.evaluation.entry import EntryInfo
-from benchmark.evaluation.output_check import check_defense_output
 from benchmark.evaluation.stats import wilson_interval
 from benchmark.intake.hub import FetchedFiles
 from benchmark.intake.manifest import Manifest, ManifestError

@@ -1,4 +1,4 @@
-"""Consistency checks that refuse stateful or gradient-dependent defenses (benchmark/evaluation/checks.py).
+"""Consistency checks that refuse stateful or gradient-dependent defenses (benchmark/evaluation/checks/).
 
 The checks seed their own model noise, so every run of this file draws the same numbers: running it
 again says nothing about false refusals. They were measured instead over 500 seeds (100 for smoothing),
@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 from benchmark.errors import StatefulDefenseError, ThreatbenchError
-from benchmark.evaluation.check_probe import (
+from benchmark.evaluation.checks import check_defense_is_consistent
+from benchmark.evaluation.checks.probe import (
     BATCH,
     GRAD_MODE,
     HISTORY,
     aimed_neighbours,
     odd_chunk_sizes,
 )
-from benchmark.evaluation.checks import check_defense_is_consistent
-from benchmark.evaluation.randomized_checks import ALPHA, permutation_p_value, smallest_p_value
+from benchmark.evaluation.checks.randomized import ALPHA, permutation_p_value, smallest_p_value
 from benchmark.models.defense import Defense, probe_randomness
 from benchmark.models.noise_injection import inject_noise
 from benchmark.models.smoothing import SmoothedDefense, SmoothingConfig

@@ -37,9 +37,9 @@ corner):
 3. batch: all of them again, shuffled, in batches of 1, 1, 1, 3, 5, 7, ... rows, against the answers
    in their original batches.
 
-Deterministic defenses must agree exactly (`benchmark.evaluation.deterministic_checks`); randomized
-defenses are compared in distribution (`benchmark.evaluation.randomized_checks`). Both ask through the
-probe inputs and calls of `benchmark.evaluation.check_probe`.
+Deterministic defenses must agree exactly (`benchmark.evaluation.checks.deterministic`); randomized
+defenses are compared in distribution (`benchmark.evaluation.checks.randomized`). Both ask through the
+probe inputs and calls of `benchmark.evaluation.checks.probe`.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from collections.abc import Iterator
 import torch
 
 from benchmark.errors import StatefulDefenseError
-from benchmark.evaluation.check_probe import STREAM, Probe
-from benchmark.evaluation.deterministic_checks import check_deterministic
-from benchmark.evaluation.randomized_checks import randomized_checks
+from benchmark.evaluation.checks.deterministic import check_deterministic
+from benchmark.evaluation.checks.probe import STREAM, Probe
+from benchmark.evaluation.checks.randomized import randomized_checks
 from benchmark.models.defense import Defense
 from benchmark.runtime.randomness import derive_seed
 

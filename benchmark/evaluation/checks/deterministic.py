@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from benchmark.errors import StatefulDefenseError
-from benchmark.evaluation.check_probe import (
+from benchmark.evaluation.checks.probe import (
     BATCH,
     FIX,
     GRAD_MODE,

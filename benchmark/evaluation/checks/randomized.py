@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.evaluation.check_probe import (
+from benchmark.evaluation.checks.probe import (
     BATCH,
     FIX,
     GRAD_MODE,
