@@ -29,7 +29,8 @@ FAMILIES_DEFAULT = "white_box,transfer,adaptive"
 
 
 def command_evaluate(args) -> int:
-    from benchmark.evaluation.entry import EntryInfo, evaluate
+    from benchmark.evaluation.entry import EntryInfo
+    from benchmark.evaluation.loop import evaluate
     from benchmark.models.defense import file_sha256, load
     from benchmark.runtime.distributed import is_main_process
 
