@@ -21,13 +21,13 @@ import torch
 from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from benchmark.attacks.gradient import AttackBatch, run_white_box
-from benchmark.cache import cache_dir
 from benchmark.data import load_evaluation_set
-from benchmark.defense import load as load_defense
-from benchmark.randomness import seed_model_noise
-from benchmark.results import atomic_write_json
+from benchmark.evaluation.results import atomic_write_json
+from benchmark.evaluation.stats import wilson_interval
+from benchmark.models.defense import load as load_defense
+from benchmark.runtime.cache import cache_dir
+from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import load_spec
-from benchmark.stats import wilson_interval
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "diagnostics" / "inner-steps"
 DEFAULT_STEPS = (2, 4, 7, 10)

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from baselines.nattack_variants import targets
 from benchmark.attacks.nattack import nattack
 from benchmark.data import load_evaluation_set
-from benchmark.evaluate import evaluate, judge_criterion
-from benchmark.randomness import seed_model_noise
-from benchmark.results import atomic_write_json, atomic_write_text
+from benchmark.evaluation.loop import evaluate
+from benchmark.evaluation.plan import judge_criterion
+from benchmark.evaluation.results import atomic_write_json, atomic_write_text
+from benchmark.runtime.randomness import seed_model_noise
 from benchmark.spec import Budget, load_spec
 
 DATASET = "fashion-mnist"
@@ -45,10 +46,8 @@ KEEP = 0.95   # the cap keeps at least this fraction of the successes found by t
 def survivors(defense, n: int, seed: int) -> tuple[np.ndarray, int]:
     """Indices among the first n surviving clean, white-box and transfer (any repeat), and repeats."""
     spec = load_spec()
-    dataset = spec.dataset(DATASET)
     budget = Budget("success-by-iteration", n=n, nattack_n=n)
-    small = dataclasses.replace(spec, datasets={**spec.datasets, DATASET: dataclasses.replace(
-        dataset, budgets={**dataset.budgets, budget.name: budget})})
+    small = spec.with_budget(DATASET, budget)
     result = evaluate(defense, DATASET, budget=budget.name, spec=small, seed=seed,
                       families=("white_box", "transfer"), progress=False)
     names = ["clean", *(name for name, m in result.record["attacks"].items()

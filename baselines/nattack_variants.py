@@ -21,8 +21,8 @@ from baselines.zoo import entry_defense, load_zoo
 from benchmark.attacks.gradient import AttackBatch, run_white_box
 from benchmark.attacks.nattack import nattack
 from benchmark.data import load_evaluation_set
-from benchmark.defense import Defense
-from benchmark.results import atomic_write_json
+from benchmark.evaluation.results import atomic_write_json
+from benchmark.models.defense import Defense
 from benchmark.spec import load_spec
 
 DATASET = "fashion-mnist"

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.architectures import build
 from benchmark.data import DATASETS
 from benchmark.errors import ArchitectureError, ThreatbenchError
+from benchmark.models.architectures import build
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,7 +100,7 @@ TOP_LEVEL = {
 }
 ONE_LINE_KEYS = ("deviation", "expected_time")   # shown in tables: one line each
 MAX_ONE_LINE = 240
-NOISE_INITS = ("paper", "weight_relative")   # see benchmark.noise_injection.scale_noise_to_weights
+NOISE_INITS = ("paper", "weight_relative")   # see benchmark.models.noise_injection.scale_noise_to_weights
 
 
 class RecipeError(ThreatbenchError, ValueError):

@@ -16,12 +16,12 @@ from pathlib import Path
 from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from baselines.zoo import ZooEntry, entry_defense, load_zoo
-from benchmark.defense import load as load_defense
-from benchmark.record_check import load_record
-from benchmark.results import atomic_write_text, read_json
+from benchmark.board.sweeps import SWEEP_SCHEMA
+from benchmark.evaluation.record_check import load_record
+from benchmark.evaluation.results import atomic_write_text, read_json
+from benchmark.evaluation.stats import intervals_overlap, significantly_greater
+from benchmark.models.defense import load as load_defense
 from benchmark.spec import load_spec
-from benchmark.stats import intervals_overlap, significantly_greater
-from benchmark.sweeps import SWEEP_SCHEMA
 
 LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
 REPRODUCED, DIRECTION_ONLY, NOT_REPRODUCED, NOT_MEASURED = (
@@ -91,7 +91,7 @@ def page_path(dataset: str) -> Path:
 
 def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device):
     """The defense and the record's entry fields for one planned model."""
-    from benchmark.evaluate import EntryInfo
+    from benchmark.evaluation.entry import EntryInfo
 
     if model.zoo_entry is not None:
         entry = load_zoo(dataset).entry(model.zoo_entry)
@@ -113,9 +113,9 @@ def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device
 def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress: bool = True,
                   only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
     """Measure every planned model and sweep that has no record yet (records resume mid-way)."""
-    from benchmark.evaluate import evaluate
+    from benchmark.board.sweeps import smoothing_sweep
+    from benchmark.evaluation.loop import evaluate
     from benchmark.spec import load_spec
-    from benchmark.sweeps import smoothing_sweep
 
     spec = load_spec()
     num_classes = spec.dataset(dataset).num_classes

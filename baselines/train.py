@@ -19,16 +19,13 @@ from safetensors.torch import save_file
 
 from baselines.objectives import OBJECTIVES, BatchContext
 from baselines.recipes import Recipe, RecipeError, load_recipe
-from benchmark.architectures import build
-from benchmark.cache import cache_dir
 from benchmark.data import load_training_tensors
-from benchmark.defense import Defense, file_sha256
-from benchmark.defense import load as load_defense
-from benchmark.noise_injection import scale_noise_to_weights
-from benchmark.randomness import derive_seed
-from benchmark.results import atomic_write_json
-from benchmark.spec import Spec, load_spec
-from benchmark.training import (
+from benchmark.evaluation.results import atomic_write_json
+from benchmark.models.architectures import build
+from benchmark.models.defense import Defense, file_sha256
+from benchmark.models.defense import load as load_defense
+from benchmark.models.noise_injection import scale_noise_to_weights
+from benchmark.models.training import (
     StandardRecipe,
     checkpoint_seconds,
     fixed_cpu_threads,
@@ -39,6 +36,9 @@ from benchmark.training import (
     train_standard,
     training_device,
 )
+from benchmark.runtime.cache import cache_dir
+from benchmark.runtime.randomness import derive_seed
+from benchmark.spec import Spec, load_spec
 
 WEIGHT_NAMES = ("weight", "bias")
 
@@ -199,10 +199,8 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
             if max_steps is not None and steps >= max_steps:
                 break
             if epoch + 1 in recipe.save_epochs and epoch + 1 < recipe.epochs:
-                snapshots[epoch + 1] = _save_weights(model.network, directory / f"epoch-{epoch + 1}.safetensors",
-                                                     recipe, epoch + 1, spent + time.perf_counter() - started)
-                # Beside the weights, not inside them: their bytes (and sha256) must not depend on time.
-                atomic_write_json(directory / f"epoch-{epoch + 1}.json", {"seconds": snapshots[epoch + 1].seconds})
+                snapshots[epoch + 1] = _save_snapshot(model.network, directory, recipe, epoch + 1,
+                                                      spent + time.perf_counter() - started)
             save_checkpoint(checkpoint, model.network, optimizer, epoch + 1,
                             spent + time.perf_counter() - started)
 
@@ -219,6 +217,14 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     return run
 
 
+def _save_snapshot(network, directory: Path, recipe: Recipe, epoch: int, seconds: float) -> TrainedWeights:
+    """The weights after `epoch` (a save_epochs entry), and their training time beside them, not inside:
+    the weights' bytes (and sha256) must not depend on time."""
+    snapshot = _save_weights(network, directory / f"epoch-{epoch}.safetensors", recipe, epoch, seconds)
+    atomic_write_json(directory / f"epoch-{epoch}.json", {"seconds": snapshot.seconds})
+    return snapshot
+
+
 def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> dict[int, TrainedWeights]:
     """Snapshots written before an interruption (only those of epochs already completed)."""
     snapshots = {}
@@ -232,7 +238,7 @@ def _existing_snapshots(recipe: Recipe, directory: Path, first_epoch: int) -> di
 
 
 def as_standard_recipe(recipe: Recipe, max_steps: int | None = None) -> StandardRecipe:
-    """The judge's own standard training (`benchmark.training`): plain Adam, no weight decay."""
+    """The judge's own standard training (`benchmark.models.training`): plain Adam, no weight decay."""
     optimizer = recipe.optimizer
     if optimizer.name != "adam" or optimizer.weight_decay or recipe.save_epochs:
         raise RecipeError(f"{recipe.path}: the standard trainer is Tramer et al.'s plain Adam without "

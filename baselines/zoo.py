@@ -22,10 +22,10 @@ from safetensors.torch import save_file
 
 from baselines.recipes import load_recipe
 from baselines.train import TrainedWeights, train_recipe
-from benchmark.defense import Defense, file_sha256, read_safetensors
-from benchmark.entries import judged_defense
 from benchmark.errors import ThreatbenchError
-from benchmark.smoothing import SmoothingConfig
+from benchmark.models.defense import Defense, file_sha256, read_safetensors
+from benchmark.models.entries import judged_defense
+from benchmark.models.smoothing import SmoothingConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,7 +222,7 @@ def load(dataset: str, name: str, *, device: str | torch.device = "cpu") -> Defe
     """A zoo entry as the judge sees it, in one call: `baselines.zoo.load("fashion-mnist", "A_adv")`.
 
     Weights sha256-checked (rebuilt once from the recipe when not committed), smoothing applied for a
-    smoothed entry; the result is a `benchmark.defense.Defense` (an nn.Module: `predict`, `forward`)."""
+    smoothed entry; the result is a `benchmark.models.defense.Defense` (an nn.Module: `predict`, `forward`)."""
     from benchmark.spec import load_spec
 
     entry = load_zoo(dataset).entry(name)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from baselines.recipes import load_recipe
 from baselines.zoo import ZooEntry, load_zoo
-from benchmark.leaderboard import LEADERBOARD_DIR, Row, collect
+from benchmark.board.ranking import Row, collect
+from benchmark.paths import LEADERBOARD_DIR
 from benchmark.spec import load_spec
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -25,9 +25,13 @@ class OutputPathError(ThreatbenchError):
     """A results path cannot be written."""
 
 
+class RecordError(ThreatbenchError):
+    """A result record or its examples file is invalid; the message names the file and field."""
+
+
 class StatefulDefenseError(ThreatbenchError):
     """A defense answers the same input differently with or without gradients, in another batch or after
-    other queries (benchmark.checks); `check` names the check that refused it."""
+    other queries (benchmark.evaluation.checks); `check` names the check that refused it."""
 
     def __init__(self, message: str, check: str = ""):
         super().__init__(message)

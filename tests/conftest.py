@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.cache import cache_dir
-from benchmark.defense import Defense
+from benchmark.models.defense import Defense
+from benchmark.runtime.cache import cache_dir
 
-# The cache the regression replays (benchmark/test_regression.py) read, taken before any test
+# The cache the regression replays (benchmark/tools/test_regression.py) read, taken before any test
 # isolates its own: only the zoo rebuild test writes there, a file whose sha256 it has verified.
 REPLAY_CACHE = cache_dir()
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -1,6 +1,6 @@
 """True records for page tests: per-example bits chosen by the test, every number derived from them
 with the judge's own functions, sizes and attack lists those of the current spec (so that the records
-pass benchmark.record_verify exactly as a measured record does)."""
+pass benchmark.evaluation.record_verify exactly as a measured record does)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cascade import adaptive_subsample
-from benchmark.diagnostics import gradient_masking_flags
-from benchmark.evaluate import white_box_attacks
-from benchmark.record_verify import derived_numbers
-from benchmark.results import RESULT_SCHEMA, Outcomes, examples_document, write_result
+from benchmark.evaluation.cascade import adaptive_subsample
+from benchmark.evaluation.diagnostics import gradient_masking_flags
+from benchmark.evaluation.plan import white_box_attacks
+from benchmark.evaluation.record_verify import derived_numbers
+from benchmark.evaluation.results import RESULT_SCHEMA, Outcomes, examples_document, write_result
 from benchmark.spec import FAMILIES, load_spec
 
 DATASET = "fashion-mnist"
@@ -82,7 +82,7 @@ def write_true_record(directory: Path, name: str, *, clean: float, white_box: fl
 
 
 def fill_derived(record: dict, outcomes: dict[str, Outcomes]) -> None:
-    """Write into `record` every number its outcomes determine (benchmark.record_verify.derived_numbers),
+    """Write into `record` every number its outcomes determine (benchmark.evaluation.record_verify.derived_numbers),
     then the flags."""
     derived = derived_numbers(record, outcomes, load_spec().confidence)
     record["clean"].update(derived["clean"])
@@ -101,11 +101,11 @@ def rederive(path: Path) -> None:
     own functions: the consistent forgery that only re-running the model can reveal."""
     import json
 
-    from benchmark.results import examples_path, read_outcomes
+    from benchmark.evaluation.results import examples_path, read_outcomes
 
     outcomes, record = read_outcomes(path), json.loads(path.read_text())
     staged = next((name for name, o in outcomes.items() if o.subsample is not None), None)
-    if staged is not None:   # a non-attacked example holds its clean outcome (evaluate.with_cascade_masks)
+    if staged is not None:   # a non-attacked example holds its clean outcome (loop.with_cascade_masks)
         nattack = outcomes[staged]
         nattack.correct = np.where(nattack.attacked[None, :], nattack.correct, outcomes["clean"].correct)
         examples_path(path).write_text(json.dumps(examples_document(outcomes)))

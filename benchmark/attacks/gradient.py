@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import AttackBoundsError, ThreatbenchError
-from benchmark.randomness import per_example_sign, per_example_uniform
+from benchmark.runtime.randomness import per_example_sign, per_example_uniform
 from benchmark.spec import AttackParams
 
 # float32 rounding of x + eps can exceed eps by a few ulps; anything larger is a bug.

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attacks.gradient import check_perturbation
-from benchmark.randomness import example_generator
+from benchmark.runtime.randomness import example_generator
 from benchmark.spec import NAttackParams
 
 TANH_LOSS_CLIP = 1000.0          # the paper's clip, kept only for the tanh variant

@@ -20,12 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from benchmark.attacks.batches import iterate_batches
 from benchmark.attacks.gradient import AttackBatch, check_perturbation, run_white_box
-from benchmark.batches import iterate_batches
-from benchmark.defense import Defense
-from benchmark.spec import DatasetSpec
+from benchmark.models.defense import Defense
+from benchmark.spec import TRANSFER_ATTACKS, DatasetSpec  # noqa: F401  (TRANSFER_ATTACKS: the names it crafts)
 
-TRANSFER_ATTACKS = ("fgsm", "rand_fgsm", "ifgsm", "pgd")
 CHUNK = 500
 
 

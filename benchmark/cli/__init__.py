@@ -1,0 +1,52 @@
+"""`threatbench run | evaluate | submission | leaderboard | spec | list | perf | ...`.
+
+A user mistake prints one line (`threatbench: error: ...`) and exits with 2, without a traceback.
+Each command group is a module with an `add_parsers(commands)`; the heavy imports (torch, the
+baselines) happen inside the command handlers, so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmark.cli import board, evaluate, listing, spec, submission, tools, transfer, zoo
+from benchmark.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
+from benchmark.errors import ThreatbenchError
+
+COMMAND_GROUPS = (evaluate, board, zoo, spec, listing, transfer, tools, submission)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="threatbench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for group in COMMAND_GROUPS:
+        group.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ThreatbenchError as error:   # DataError included
+        from benchmark.runtime.distributed import is_main_process
+
+        if not is_main_process():   # under torchrun every process hits the same error: print it once
+            return EXIT_USER_ERROR
+        print(f"threatbench: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nthreatbench: interrupted; finished work is checkpointed, rerun the same command to "
+              "resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if "torch.distributed" in sys.modules:   # only a command that used torch can have a group
+            from benchmark.runtime.distributed import leave_process_group
+
+            leave_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

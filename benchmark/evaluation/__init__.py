@@ -1,0 +1,1 @@
+"""The evaluation: plan, loop, cascade, records and their verification, statistics, randomness, diagnostics."""

@@ -1,0 +1,1 @@
+"""Submissions: manifests, the Hugging Face Hub, and judging a submitted defense."""

@@ -1,0 +1,1 @@
+"""Architectures, the defense interface, noise injection, smoothing, weight loading and training."""

@@ -1,0 +1,1 @@
+"""Tools around the judge: performance benchmarks and the regression replay."""
