@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +277,13 @@ def test_list_datasets_gives_each_its_eps_and_budgets(capsys):
 ])
 def test_list_mistakes_are_one_line(argv, needles, capsys):
     _one_line_error(capsys, _exit_code(argv), *needles)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`threatbench list attacks | head -1`: the pipe closes under the command, which exits quietly."""
+    # `true` exits without reading, long before the command (which imports for a second) writes.
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -m benchmark list attacks | true; echo ${{PIPESTATUS[0]}}",
+                          shell=True, capture_output=True, text=True, timeout=120, executable="/bin/bash",
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "141", done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
