@@ -12,7 +12,7 @@ def _result_rows(result) -> list[list[str]]:
     for row in result.rows():
         queries = row["median_queries"]
         if row["accuracy"] is None:   # the cascade left NAttack no survivor to attack
-            accuracy, interval = "-", f"no survivor of {row['cascade']['subsample']}"
+            accuracy, interval = "-", "no survivor"   # the cascade note below says of how many
         else:
             low, high = row["interval"]
             accuracy, interval = percent(row["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]"
