@@ -32,6 +32,7 @@ Layout of a recipe file::
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,9 @@ class StaticModel:
     """A frozen pre-trained source for ensemble adversarial training: another recipe's output."""
 
     recipe: str            # path relative to the recipes directory, e.g. "fashion-mnist/C.toml"
+    # The static recipe's sha256, pinned so that this recipe's own sha256 names the sources it trained
+    # with: a changed C.toml must not silently change what an unchanged A_adv-ens.toml trains.
+    recipe_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ class Recipe:
 
     @property
     def static_models(self) -> tuple[StaticModel, ...]:
-        return tuple(StaticModel(p) for p in self.adversary.get("static_models", ()))
+        return tuple(StaticModel(m) if isinstance(m, str) else StaticModel(m["recipe"], m["recipe_sha256"])
+                     for m in self.adversary.get("static_models", ()))
 
     def run_name(self) -> str:
         """Directory name of this recipe's training run: changes whenever the file changes."""
@@ -200,6 +205,18 @@ def _check_ranges(top: dict[str, Any], adversary: dict[str, Any], where: str) ->
         raise RecipeError(f"{where}: adversary.label must be one of {LABELS}, got {adversary['label']!r}")
     if adversary.get("static_models") == []:
         raise RecipeError(f"{where}: adversary.static_models is empty; name at least one recipe")
+    for model in adversary.get("static_models", ()):
+        _check_static_model(model, where)
+
+
+def _check_static_model(model: Any, where: str) -> None:
+    """A static model is a recipe path, or {recipe = path, recipe_sha256 = its sha256} (pinned)."""
+    pinned = isinstance(model, dict) and set(model) == {"recipe", "recipe_sha256"} \
+        and isinstance(model["recipe"], str) and isinstance(model["recipe_sha256"], str) \
+        and re.fullmatch(r"[0-9a-f]{64}", model["recipe_sha256"]) is not None
+    if not (isinstance(model, str) or pinned):
+        raise RecipeError(f"{where}: adversary.static_models: each is a recipe path or "
+                          '{recipe = "fashion-mnist/C.toml", recipe_sha256 = "<64 hex>"}, got ' f"{model!r}")
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:

@@ -107,6 +107,10 @@ def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool, device
         if static_recipe.dataset != recipe.dataset:
             raise RecipeError(f"{recipe.path}: adversary.static_models: {static.recipe} trains on "
                               f"{static_recipe.dataset}, not {recipe.dataset}")
+        if static.recipe_sha256 is not None and static.recipe_sha256 != static_recipe.sha256:
+            raise RecipeError(f"{recipe.path}: adversary.static_models: {static.recipe} has changed since "
+                              f"this recipe pinned it (sha256 {static.recipe_sha256[:12]}..., now "
+                              f"{static_recipe.sha256[:12]}...); pin the new sha256, which makes this a new recipe")
         check_not_held_out(recipe, static_recipe, "", spec)    # before spending time training it
         run = train_recipe(static_recipe, data_dir=data_dir, progress=progress, device=device)
         check_not_held_out(recipe, static_recipe, run.final.sha256, spec)

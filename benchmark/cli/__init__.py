@@ -8,11 +8,14 @@ baselines) happen inside the command handlers, so that `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from benchmark.cli import board, evaluate, listing, spec, submission, tools, transfer, zoo
 from benchmark.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
 from benchmark.errors import ThreatbenchError
+
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what a shell reports for a command whose reader left
 
 COMMAND_GROUPS = (evaluate, board, zoo, spec, listing, transfer, tools, submission)
 
@@ -25,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()   # inside the try: a reader that left shows here, not at interpreter exit
+        return status
     except ThreatbenchError as error:   # DataError included
         from benchmark.runtime.distributed import is_main_process
 
@@ -37,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR
         print(f"threatbench: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:   # the reader stopped early (`threatbench list attacks | head`)
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("\nthreatbench: interrupted; finished work is checkpointed, rerun the same command to "
               "resume", file=sys.stderr)

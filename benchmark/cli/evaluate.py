@@ -21,7 +21,7 @@ from benchmark.cli.common import (
     run_budget,
     wrap,
 )
-from benchmark.cli.report import SUMMARY_HEADERS, format_result, zoo_summary_rows
+from benchmark.cli.report import SUMMARY_HEADERS, flag_notes, format_result, zoo_summary_rows
 from benchmark.paths import LEADERBOARD_DIR
 from benchmark.spec import BUDGETS, load_spec
 
@@ -124,6 +124,8 @@ def command_run(args) -> int:
     say(wrap(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family; "
              "NAttack: the survivors of the others it broke, median queries):"))
     say(tabulate(zoo_summary_rows(records), tablefmt="github", headers=SUMMARY_HEADERS))
+    for line in flag_notes(records):
+        say(line)
     return 0
 
 

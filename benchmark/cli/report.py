@@ -12,7 +12,7 @@ def _result_rows(result) -> list[list[str]]:
     for row in result.rows():
         queries = row["median_queries"]
         if row["accuracy"] is None:   # the cascade left NAttack no survivor to attack
-            accuracy, interval = "-", f"no survivor of {row['cascade']['subsample']}"
+            accuracy, interval = "-", "no survivor"   # the cascade note below says of how many
         else:
             low, high = row["interval"]
             accuracy, interval = percent(row["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]"
@@ -87,8 +87,20 @@ def _worst(record, family: str) -> str:
     return "n/a" if not worst else percent(worst["accuracy"])
 
 
-def _raised_flags(record) -> str:
-    return ", ".join(sorted(n for n, flag in record["flags"].items() if flag.get("raised") is True)) or "-"
+def raised_flags(record) -> list[str]:
+    return sorted(n for n, flag in record["flags"].items() if flag.get("raised") is True)
+
+
+def _flags_cell(record) -> str:
+    """A count in the narrow table; `flag_notes` names them below it."""
+    raised = raised_flags(record)
+    return f"{len(raised)} raised" if raised else "-"
+
+
+def flag_notes(records: list[dict]) -> list[str]:
+    """One wrapped line per entry with a raised masking flag: which flags (kept out of the ranking)."""
+    return [wrap(f"{record['entry']['name']}: {', '.join(raised_flags(record))} (gradient masking: not ranked)")
+            for record in records if raised_flags(record)]
 
 
 def _nattack_broke(record: dict) -> str:
@@ -107,5 +119,5 @@ def zoo_summary_rows(records: list[dict]) -> list[list[str]]:
     for record in records:
         rows.append([record["entry"]["name"], percent(record["clean"]["accuracy"]),
                      _worst(record, "white_box"), _worst(record, "transfer"), _nattack_broke(record),
-                     _worst(record, "all"), _raised_flags(record)])
+                     _worst(record, "all"), _flags_cell(record)])
     return rows

@@ -92,6 +92,16 @@ def test_ensemble_training_needs_static_models():
         parse(text.replace("eps = 0.1", "eps = 0.1\nstatic_models = []"))
 
 
+def test_a_static_model_is_a_path_or_a_pinned_recipe():
+    text = GOOD.replace('trainer = "fgsm_adversarial"', 'trainer = "ensemble_adversarial"')
+    pin = "a" * 64
+    recipe = parse(text.replace("eps = 0.1", f'eps = 0.1\nstatic_models = ["x/C.toml", '
+                                               f'{{recipe = "x/D.toml", recipe_sha256 = "{pin}"}}]'))
+    assert [(m.recipe, m.recipe_sha256) for m in recipe.static_models] == [("x/C.toml", None), ("x/D.toml", pin)]
+    with pytest.raises(RecipeError, match="each is a recipe path or"):
+        parse(text.replace("eps = 0.1", 'eps = 0.1\nstatic_models = [{recipe = "x/D.toml", recipe_sha256 = "abc"}]'))
+
+
 def test_a_missing_recipe_says_where_it_looked():
     with pytest.raises(RecipeError, match="recipe not found: nope.toml"):
         load_recipe("nope.toml")

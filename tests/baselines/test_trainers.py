@@ -180,6 +180,19 @@ def test_a_held_out_source_as_static_model_is_refused(tmp_path):
         train_recipe(recipe, tmp_path / "run", progress=False)
 
 
+@requires_fashion
+def test_a_static_model_whose_recipe_changed_since_its_pin_is_refused_before_training(tmp_path, monkeypatch):
+    static = write_recipe(tmp_path, "static_d", "standard", "", architecture="mnist_d")
+    pinned = load_recipe_file(static).sha256
+    recipe = load_recipe_file(write_recipe(
+        tmp_path, "ens", "ensemble_adversarial",
+        f'eps = 0.1\nstatic_models = [{{recipe = "{static}", recipe_sha256 = "{pinned}"}}]'))
+    static.write_text(static.read_text().replace("epochs = 1", "epochs = 2"))
+    monkeypatch.setattr(train_module, "run_epoch", lambda *a, **k: pytest.fail("trained before the check"))
+    with pytest.raises(RecipeError, match="has changed since this recipe pinned it"):
+        train_recipe(recipe, tmp_path / "run", progress=False)
+
+
 def test_ensemble_sources_are_drawn_uniformly_among_model_and_statics():
     network = build("mnist_d", 10)
     statics = []

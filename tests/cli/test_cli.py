@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,7 +192,7 @@ def test_what_run_prints_fits_in_100_columns():
     from tabulate import tabulate
 
     from benchmark.cli.common import TERMINAL_WIDTH
-    from benchmark.cli.report import SUMMARY_HEADERS, format_result, zoo_summary_rows
+    from benchmark.cli.report import SUMMARY_HEADERS, flag_notes, format_result, zoo_summary_rows
     from benchmark.evaluation.record import Result
     from benchmark.evaluation.results import read_outcomes, record_paths
 
@@ -206,6 +208,12 @@ def test_what_run_prints_fits_in_100_columns():
     summary = tabulate(zoo_summary_rows([{**r, "entry": {**r["entry"], "name": "A_cni-smoothed"}} for r in records]),
                        tablefmt="github", headers=SUMMARY_HEADERS)
     assert max(len(line) for line in summary.splitlines()) <= TERMINAL_WIDTH
+    two_flags = {"flags": {"rand_fgsm_beats_fgsm": {"raised": True}, "transfer_beats_white_box": {"raised": True}}}
+    summary_row = zoo_summary_rows([{**records[0], **two_flags}])[0]
+    assert summary_row[-1] == "2 raised"
+    notes = flag_notes([{**records[0], "entry": {"name": "A_cni-smoothed"}, **two_flags}])
+    assert "rand_fgsm_beats_fgsm, transfer_beats_white_box" in " ".join(notes).replace("\n  ", " ")
+    assert max(len(line) for note in notes for line in note.splitlines()) <= TERMINAL_WIDTH
 
 
 def test_one_default_results_location_everywhere_it_is_documented():
@@ -275,3 +283,13 @@ def test_list_datasets_gives_each_its_eps_and_budgets(capsys):
 ])
 def test_list_mistakes_are_one_line(argv, needles, capsys):
     _one_line_error(capsys, _exit_code(argv), *needles)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`threatbench list attacks | head -1`: the pipe closes under the command, which exits quietly."""
+    # `true` exits without reading, long before the command (which imports for a second) writes.
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -m benchmark list attacks | true; echo ${{PIPESTATUS[0]}}",
+                          shell=True, capture_output=True, text=True, timeout=120, executable="/bin/bash",
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "141", done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
