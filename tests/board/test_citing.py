@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = "leaderboard/results/fashion-mnist/A_adv-standard.json"
+EXAMPLE = "leaderboard/results/fashion-mnist/D-standard.json"
 
 
 def pyproject() -> dict:
@@ -105,7 +105,7 @@ def test_the_readme_cites_the_benchmark_and_a_real_committed_row():
     record = load_record(ROOT / EXAMPLE)
     assert row_entry == cite_row(record, EXAMPLE)
     key = record["worst_case"]["all"]
-    assert "{{A\\_adv}" in row_entry and "@misc{threatbench-fashion-mnist-standard-A_adv," in row_entry
+    assert "{{D}" in row_entry and "@misc{threatbench-fashion-mnist-standard-D," in row_entry
     assert f"{100 * key['accuracy']:.1f}\\%" in row_entry and f"n = {key['n']}" in row_entry
     assert f"commit {record['provenance']['git']}" in row_entry and record["spec"]["sha256"] in row_entry
 
@@ -176,3 +176,12 @@ def test_threatbench_cite_prints_the_same_bibtex(capsys):
     assert capsys.readouterr().out == cite_benchmark()
     assert main(["cite", "no/such/record.json"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_the_committed_flagged_a_adv_record_is_refused_as_a_citation():
+    """The retrained A_adv raises masking flags (RAND+FGSM beats FGSM, transfer beats white-box): its
+    record is evidence on the page, never a number to cite."""
+    path = ROOT / "leaderboard/results/fashion-mnist/A_adv-standard.json"
+    record = load_record(path)
+    with pytest.raises(CitationError, match="flagged"):
+        cite_row(record, "leaderboard/results/fashion-mnist/A_adv-standard.json")
