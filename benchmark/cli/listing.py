@@ -54,24 +54,23 @@ def architecture_lines(args) -> list[str]:
 
 
 def read_zoo(dataset: str) -> list[dict]:
-    """The entries of baselines/zoo/<dataset>.toml, read as data: the judge never imports the
-    baselines' code (tests/baselines/test_zoo.py). A smoothed variant takes its role and architecture from
-    its base entry."""
+    """The entries of baselines/zoo/<dataset>.toml; a smoothed variant takes its role and
+    architecture from its base entry."""
+    from benchmark.intake.names import named_entries, zoo_table
+
     zoo_files = {path.stem: path for path in ZOO_FILES_DIR.glob("*.toml")}
     if dataset not in zoo_files:
         raise ThreatbenchError(f"no zoo for {dataset!r} in {ZOO_FILES_DIR}; zoos: "
                                f"{', '.join(sorted(zoo_files)) or 'none'}")
-    path = zoo_files[dataset]
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = zoo_table(zoo_files[dataset])
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ThreatbenchError(f"{path}: not valid TOML: {error}") from None
+        raise ThreatbenchError(f"{zoo_files[dataset]}: not valid TOML: {error}") from None
     entries: dict[str, dict] = {}
-    for entry in table.get("entries", []):
-        if isinstance(entry, dict) and "name" in entry:
-            base = entries.get(entry.get("base"), {})
-            entries[str(entry["name"])] = {"role": base.get("role", "?"),
-                                           "architecture": base.get("architecture", "?"), **entry}
+    for entry in named_entries(table):
+        base = entries.get(entry.get("base"), {})
+        entries[str(entry["name"])] = {"role": base.get("role", "?"),
+                                       "architecture": base.get("architecture", "?"), **entry}
     return list(entries.values())
 
 

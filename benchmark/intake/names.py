@@ -38,12 +38,20 @@ def taken_names(manifest_path: Path, submissions_dir: Path = SUBMISSIONS_DIR) ->
     return taken
 
 
+def zoo_table(zoo_file: Path) -> dict:
+    """One zoo file (baselines/zoo/<dataset>.toml) read as data: the judge never imports the
+    baselines' code (tests/test_boundary.py)."""
+    return tomllib.loads(zoo_file.read_text(encoding="utf-8"))
+
+
+def named_entries(table: dict) -> list[dict]:
+    return [entry for entry in table.get("entries", []) if isinstance(entry, dict) and "name" in entry]
+
+
 def zoo_entry_names() -> list[tuple[str, str]]:
-    """(dataset, name) of every baseline in baselines/zoo/*.toml, read as data: the judge never
-    imports the baselines' code (tests/baselines/test_zoo.py)."""
+    """(dataset, name) of every baseline in baselines/zoo/*.toml."""
     names = []
     for zoo_file in sorted(ZOO_FILES_DIR.glob("*.toml")):
-        table = tomllib.loads(zoo_file.read_text(encoding="utf-8"))
-        names += [(str(table.get("dataset", zoo_file.stem)), str(entry["name"]))
-                  for entry in table.get("entries", []) if isinstance(entry, dict) and "name" in entry]
+        table = zoo_table(zoo_file)
+        names += [(str(table.get("dataset", zoo_file.stem)), str(entry["name"])) for entry in named_entries(table)]
     return names
