@@ -5,14 +5,16 @@ recipe (with its sha256) that produced them, or, for a smoothed variant, the ent
 the smoothing parameters. `export_entry` turns a training run into a committed entry.
 
 `weights = "recipe"` marks weights that are not committed (the zoo must stay under 50 MB): they are
-rebuilt on first use by training the recipe, which is seeded and deterministic, and the rebuilt file
-must match the pinned sha256 before anything is judged.
+rebuilt on first use by training the recipe, which is seeded and deterministic, cast to the entry's
+`storage` (so an entry can move out of the repository and keep its sha256 and records), and the
+rebuilt file must match the pinned sha256 before anything is judged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from benchmark.errors import ThreatbenchError
 from benchmark.models.defense import Defense, file_sha256, read_safetensors
 from benchmark.models.entries import judged_defense
 from benchmark.models.smoothing import SmoothingConfig
+from benchmark.models.training import cpu_kernels
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +67,7 @@ class ZooEntry:
     train_images: int | None = None         # None: exported before model.json recorded it
     training_seconds: float | None = None   # the whole run's wall time (every resumed session)
     training_device: str | None = None
+    storage: str = "float32"
 
     @property
     def committed(self) -> bool:
@@ -135,7 +139,7 @@ def _parse_entry(table: dict, where: str, by_name: dict[str, ZooEntry], root: Pa
                         recipe_sha256=base.recipe_sha256, epoch=base.epoch,
                         paper=table.get("paper", base.paper), notes=table.get("notes", ""),
                         base=base_name, smoothing=_smoothing(
-                            _required(table, "smoothing", dict, where), where),
+                            _required(table, "smoothing", dict, where), where), storage=base.storage,
                         **{key: getattr(base, key) for key in TRAINING_KEYS})
     role = _required(table, "role", str, where)
     if role not in ROLES:
@@ -154,7 +158,7 @@ def _parse_entry(table: dict, where: str, by_name: dict[str, ZooEntry], root: Pa
                     epoch=_required(table, "epoch", int, where), paper=table.get("paper", ""),
                     notes=table.get("notes", ""),
                     smoothing=_smoothing(table["smoothing"], where) if "smoothing" in table else None,
-                    **_training(table, where))
+                    storage=storage, **_training(table, where))
 
 
 def _training(table: dict, where: str) -> dict:
@@ -206,7 +210,35 @@ def entry_weights(entry: ZooEntry, *, progress: bool = True) -> Path:
         return entry.weights
     check_recipe(entry)
     run = train_recipe(load_recipe(entry.recipe), progress=progress)
-    return run.weights_at(entry.epoch).path
+    trained = run.weights_at(entry.epoch)
+    path = trained.path if entry.storage == "float32" else rebuilt_cast_path(run, trained, entry.storage)
+    if not path.is_file():
+        export_weights(trained, path, entry.storage)
+    if file_sha256(path) != entry.sha256:
+        raise ZooError(rebuild_mismatch(entry, file_sha256(path)))
+    return path
+
+
+def recorded_kernels(entry: ZooEntry) -> str | None:
+    """The CPU kernels the entry was trained with, from its training_device ("cpu: x86_64 (AVX2
+    kernels), 2 threads"); None when not recorded (entries trained before threatbench recorded it)."""
+    match = re.search(r"\((\w+) kernels\)", entry.training_device or "")
+    return match.group(1) if match else None
+
+
+def rebuild_mismatch(entry: ZooEntry, rebuilt_sha256: str) -> str:
+    """One line: the rebuilt weights differ from the pinned ones, and the likely reason."""
+    trained_with = recorded_kernels(entry) or "not recorded"
+    return (f"{entry.name}: the weights rebuilt from {entry.recipe} hash to {rebuilt_sha256[:12]}..., not the "
+            f"pinned {entry.sha256[:12]}...; training is bit-reproducible only with the CPU kernels it ran "
+            f"on (trained with: {trained_with}; this machine: {cpu_kernels()}), so judge {entry.name} on "
+            f"such a machine or commit its weights")
+
+
+def rebuilt_cast_path(run, trained: TrainedWeights, storage: str) -> Path:
+    """Where a rebuilt run keeps its weights cast to `storage`: beside the run, named by the run's
+    own sha256, so a retrained run never reuses a stale cast."""
+    return run.directory / f"{storage}-epoch{trained.epoch}-{trained.sha256[:12]}.safetensors"
 
 
 def entry_defense(entry: ZooEntry, num_classes: int, *, in_channels: int = 1,
@@ -313,8 +345,10 @@ def export_entry(run, *, name: str, role: str, epoch: int | None, storage: str, 
     if commit:
         relative = (Path("weights") / recipe.dataset / f"{name}.safetensors").as_posix()
         sha256 = export_weights(trained, zoo_file.parent / relative, storage)
-    else:   # pin the training run's own file; it is rebuilt from the recipe on first use
-        relative, sha256, storage = REBUILT, trained.sha256, "float32"
+    elif storage == "float32":   # pin the training run's own file; rebuilt from the recipe on first use
+        relative, sha256 = REBUILT, trained.sha256
+    else:   # pin the cast a rebuild produces (entry_weights): the bytes a committed export would have
+        relative, sha256 = REBUILT, export_weights(trained, rebuilt_cast_path(run, trained, storage), storage)
     entry = {"name": name, "role": role, "architecture": recipe.architecture,
              "weights": relative, "sha256": sha256, "storage": storage,
              "recipe": f"{recipe.dataset}/{recipe.path.name}", "recipe_sha256": recipe.sha256,

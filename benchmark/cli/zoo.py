@@ -63,8 +63,8 @@ def _add_zoo(commands) -> None:
     export.add_argument("--storage", choices=["float32", "float16"], default="float16")
     export.add_argument("--paper", help="URL of the paper the baseline follows")
     export.add_argument("--rebuild", action="store_true",
-                        help="do not commit the weights: pin the run's sha256 and rebuild from the "
-                             "recipe on first use (keeps the zoo under 50 MB)")
+                        help="do not commit the weights: pin the sha256 of the run's weights cast to "
+                             "--storage, rebuilt from the recipe on first use (keeps the zoo under 50 MB)")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.set_defaults(handler=command_zoo_export)
     table = zoo_commands.add_parser("table", help="the zoo's training and ranked numbers as a markdown table")

@@ -125,12 +125,20 @@ def _checkpoint_metadata(path: Path) -> dict[str, str]:
         return handle.metadata() or {}
 
 
+def cpu_kernels() -> str:
+    """The vector instruction set PyTorch's CPU kernels dispatch to here (e.g. AVX2, AVX512). Reduction
+    order, and so the last bits of trained weights, depend on it: a recipe rebuilds its pinned sha256
+    only with the kernels it was trained with (measured: D's recipe on an AVX2-only CPU)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def training_device(device: str | torch.device = "cpu") -> str:
-    """What trained a model, for its card: the GPU's name, or the CPU with its thread count."""
+    """What trained a model, for its card: the GPU's name, or the CPU with its kernels and threads."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {platform.processor() or platform.machine()} ({cpu_kernels()} kernels), " \
+           f"{torch.get_num_threads()} threads"
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,

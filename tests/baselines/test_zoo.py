@@ -204,9 +204,14 @@ def _rebuild_before_replays(entry):
 @pytest.mark.parametrize("entry", [_rebuild_before_replays(entry) for entry in REBUILT])
 def test_weights_that_are_not_committed_are_rebuilt_bit_identically_from_their_recipe(entry):
     """Training is seeded and deterministic: the rebuilt file must hash to the pinned sha256."""
+    import baselines.zoo as zoo_module
     from baselines.zoo import entry_weights
 
     check_recipe(entry)
+    run = zoo_module.train_recipe(zoo_module.load_recipe(entry.recipe), progress=False)
+    trained = run.weights_at(entry.epoch)
+    if entry.storage == "float32":
+        _skip_unless_same_kernels(entry, trained.sha256)
     rebuilt = entry_weights(entry, progress=False)
     assert file_sha256(rebuilt) == entry.sha256
     _publish_for_replays(rebuilt, entry)
@@ -224,7 +229,8 @@ def test_a_committed_single_step_entry_is_rebuilt_from_its_recipe_to_its_pinned_
     check_recipe(entry)
     run = train_recipe(load_recipe(entry.recipe), tmp_path / "run", progress=False)
     exported = tmp_path / "D.safetensors"
-    assert export_weights(run.weights_at(entry.epoch), exported, "float16") == entry.sha256
+    _skip_unless_same_kernels(entry, export_weights(run.weights_at(entry.epoch), exported, "float16"))
+    assert file_sha256(exported) == entry.sha256
     assert exported.read_bytes() == entry.weights.read_bytes()
 
 
@@ -238,15 +244,93 @@ def _publish_for_replays(rebuilt: Path, entry) -> None:
     os.replace(temporary, destination)
 
 
-def test_an_entry_that_is_not_committed_is_rebuilt_from_its_recipe(monkeypatch):
+def test_an_entry_that_is_not_committed_is_rebuilt_from_its_recipe(monkeypatch, tmp_path):
     import baselines.zoo as zoo_module
 
-    text = GOOD.replace('weights = "w.safetensors"', 'weights = "recipe"')
+    rebuilt = tmp_path / "w.safetensors"
+    rebuilt.write_bytes(b"weights")
+    text = GOOD.replace('weights = "w.safetensors"', 'weights = "recipe"').replace("a" * 64, file_sha256(rebuilt), 1)
     entry = parse_zoo(text, Path("z.toml")).entries[0]
     assert not entry.committed and entry.weights_file == "rebuilt from fashion-mnist/D.toml"
     monkeypatch.setattr(zoo_module, "check_recipe", lambda e: None)
     trained = []
     monkeypatch.setattr(zoo_module, "train_recipe", lambda recipe, progress: trained.append(recipe.name)
-                        or TrainingRun(recipe, Path("."), TrainedWeights(Path("run/w.safetensors"), "a" * 64, 1), {}))
-    assert zoo_module.entry_weights(entry) == Path("run/w.safetensors")
+                        or TrainingRun(recipe, tmp_path, TrainedWeights(rebuilt, entry.sha256, 1), {}))
+    assert zoo_module.entry_weights(entry) == rebuilt
     assert trained == ["D"]
+
+
+def test_a_rebuild_that_does_not_match_says_which_cpu_kernels_it_needs(monkeypatch, tmp_path):
+    import dataclasses
+
+    import baselines.zoo as zoo_module
+    from baselines.zoo import recorded_kernels
+    from benchmark.models.training import cpu_kernels
+
+    rebuilt = tmp_path / "w.safetensors"
+    rebuilt.write_bytes(b"other weights")
+    entry = dataclasses.replace(parse_zoo(GOOD.replace('weights = "w.safetensors"', 'weights = "recipe"'),
+                                          Path("z.toml")).entries[0],
+                                training_device="cpu: x86_64 (AVX512 kernels), 2 threads")
+    assert recorded_kernels(entry) == "AVX512" and recorded_kernels(ZOO.entry("A")) is None
+    monkeypatch.setattr(zoo_module, "check_recipe", lambda e: None)
+    monkeypatch.setattr(zoo_module, "train_recipe", lambda recipe, progress: TrainingRun(
+        recipe, tmp_path, TrainedWeights(rebuilt, file_sha256(rebuilt), 1), {}))
+    with pytest.raises(ZooError) as error:
+        zoo_module.entry_weights(entry)
+    message = str(error.value)
+    assert "\n" not in message and "not the pinned aaaaaaaaaaaa..." in message
+    assert f"(trained with: AVX512; this machine: {cpu_kernels()})" in message
+
+
+def test_the_training_device_names_the_cpu_kernels():
+    from benchmark.models.training import cpu_kernels, training_device
+
+    assert f"({cpu_kernels()} kernels)" in training_device("cpu")
+
+
+def _skip_unless_same_kernels(entry, rebuilt_sha256: str) -> None:
+    """Weights are bit-reproducible only with the CPU kernels they were trained with: a mismatch on
+    other kernels (or on unrecorded ones: entries trained before threatbench recorded them) is a skip
+    that names the kernels needed; on the same kernels it is a failure."""
+    from baselines.zoo import recorded_kernels
+    from benchmark.models.training import cpu_kernels
+
+    if rebuilt_sha256 != entry.sha256 and recorded_kernels(entry) != cpu_kernels():
+        pytest.skip(f"{entry.name} rebuilds its pinned sha256 only with the CPU kernels it was trained with "
+                    f"({recorded_kernels(entry) or 'not recorded'}); this machine's {cpu_kernels()} kernels "
+                    f"give {rebuilt_sha256[:12]}")
+
+
+def test_a_float16_entry_moved_out_of_the_repository_keeps_its_sha256(tmp_path, monkeypatch):
+    """`export --rebuild --storage float16` pins the bytes a committed export has, and a rebuild casts
+    the retrained run the same way: an entry can leave the repository and keep its sha256 (and so its
+    records)."""
+    import baselines.zoo as zoo_module
+    from baselines.recipes import load_recipe
+    from benchmark.models.architectures import build
+
+    recipe = load_recipe("fashion-mnist/D.toml")
+    torch.manual_seed(0)
+    source = tmp_path / "run" / "weights.safetensors"
+    source.parent.mkdir()
+    from safetensors.torch import save_file
+    save_file(build("mnist_d", 10).network.state_dict(), str(source))
+    run = TrainingRun(recipe, source.parent, TrainedWeights(source, file_sha256(source), 6), {})
+    zoo_file = tmp_path / "zoo" / "fashion-mnist.toml"
+    zoo_file.parent.mkdir()
+    committed = export_entry(run, name="D2", role="static", epoch=None, storage="float16", paper="",
+                             zoo_file=zoo_file)
+    rebuilt = export_entry(run, name="D3", role="static", epoch=None, storage="float16", paper="",
+                           zoo_file=zoo_file, commit=False)
+    assert rebuilt["weights"] == "recipe" and rebuilt["storage"] == "float16"
+    assert rebuilt["sha256"] == committed["sha256"]
+    entry = load_zoo("fashion-mnist", zoo_file).entry("D3")
+    assert not entry.committed and entry.storage == "float16"
+    for cast in source.parent.glob("float16-*.safetensors"):
+        cast.unlink()                               # a fresh machine has only the retrained run
+    monkeypatch.setattr(zoo_module, "check_recipe", lambda e: None)
+    monkeypatch.setattr(zoo_module, "train_recipe", lambda recipe, progress: run)
+    path = zoo_module.entry_weights(entry, progress=False)
+    assert file_sha256(path) == entry.sha256
+    assert entry_defense(entry, 10).predict(torch.rand(2, 1, 28, 28)).shape == (2,)
