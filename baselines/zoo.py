@@ -214,8 +214,9 @@ def entry_weights(entry: ZooEntry, *, progress: bool = True) -> Path:
     path = trained.path if entry.storage == "float32" else rebuilt_cast_path(run, trained, entry.storage)
     if not path.is_file():
         export_weights(trained, path, entry.storage)
-    if file_sha256(path) != entry.sha256:
-        raise ZooError(rebuild_mismatch(entry, file_sha256(path)))
+    rebuilt_sha256 = file_sha256(path)
+    if rebuilt_sha256 != entry.sha256:
+        raise ZooError(rebuild_mismatch(entry, rebuilt_sha256))
     return path
 
 
