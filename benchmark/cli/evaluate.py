@@ -22,10 +22,20 @@ from benchmark.cli.common import (
     wrap,
 )
 from benchmark.cli.report import SUMMARY_HEADERS, flag_notes, format_result, zoo_summary_rows
+from benchmark.errors import (
+    ArchitectureError,
+    DefenseOutputError,
+    StatefulDefenseError,
+    ThreatbenchError,
+    WeightsError,
+)
 from benchmark.paths import LEADERBOARD_DIR
 from benchmark.spec import BUDGETS, load_spec
 
 FAMILIES_DEFAULT = "white_box,transfer,adaptive"
+# Failures that belong to one zoo entry (its recipe, weights or behaviour), after which `run` goes on
+# with the others; anything else (data, spec, output paths) would fail every entry alike and stops it.
+ENTRY_ERRORS = (ArchitectureError, DefenseOutputError, StatefulDefenseError, WeightsError)
 
 
 def command_evaluate(args) -> int:
@@ -93,7 +103,8 @@ def _zoo_entry_info(entry):
 def command_run(args) -> int:
     from tabulate import tabulate
 
-    from baselines.zoo import check_recipe, entry_defense, load_zoo
+    from baselines.recipes import RecipeError
+    from baselines.zoo import ZooError, check_recipe, entry_defense, load_zoo
     from benchmark.evaluation.loop import evaluate
     from benchmark.runtime.distributed import is_main_process
 
@@ -108,24 +119,33 @@ def command_run(args) -> int:
     say(wrap(f"threatbench run: {len(entries)} zoo entries of {zoo.path.name} on {zoo.dataset}, "
              f"budget {budget} ({reason}); finished measurements are kept, so a rerun resumes"))
     say(wrap(expected_duration(zoo.dataset, [entry.name for entry in entries], budget)))
-    records = []
+    records, not_judged = [], []
     for entry in entries:
-        check_recipe(entry)
-        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
-                                device=device)
         out = default_out(zoo.dataset, entry.name, budget, Path(args.out_dir))
         say(f"\n== {entry.name} ({entry.architecture}{', smoothed' if entry.smoothing else ''}) -> {out}")
-        result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
-                          data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
-                          progress=not args.no_progress, families=tuple(comma_separated(args.families)),
-                          **numerics(args), **cascade_options(args))
+        try:
+            check_recipe(entry)
+            defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
+                                    device=device)
+            result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
+                              data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
+                              progress=not args.no_progress, families=tuple(comma_separated(args.families)),
+                              **numerics(args), **cascade_options(args))
+        except (*ENTRY_ERRORS, RecipeError, ZooError) as error:   # one entry's weights or recipe: judge the others, report at the end
+            say(f"not judged: {error}")
+            not_judged.append((entry.name, str(error)))
+            continue
         say(format_result(result))
         records.append(result.record)
-    say(wrap(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family; "
-             "NAttack: the survivors of the others it broke, median queries):"))
-    say(tabulate(zoo_summary_rows(records), tablefmt="github", headers=SUMMARY_HEADERS))
-    for line in flag_notes(records):
-        say(line)
+    if records:
+        say(wrap(f"\nthe {zoo.dataset} zoo, budget {budget} (accuracy %; worst = per example over the family; "
+                 "NAttack: the survivors of the others it broke, median queries):"))
+        say(tabulate(zoo_summary_rows(records), tablefmt="github", headers=SUMMARY_HEADERS))
+        for line in flag_notes(records):
+            say(line)
+    if not_judged:
+        raise ThreatbenchError(f"{len(not_judged)} of {len(entries)} entries not judged (the others' records "
+                               "are written): " + "; ".join(f"{name}: {why}" for name, why in not_judged))
     return 0
 
 

@@ -293,3 +293,30 @@ def test_a_reader_that_stops_early_gets_no_traceback():
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "141", done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+@requires_fashion
+def test_run_judges_the_other_entries_when_one_cannot_be_loaded(tmp_path, capsys, monkeypatch):
+    """An entry whose weights fail (a rebuild on other CPU kernels, a bad download) is reported, and
+    the entries after it are still judged; the exit status says the run is incomplete."""
+    import baselines.zoo
+    from benchmark.cli import main
+    from benchmark.errors import WeightsError
+
+    judge_entry = baselines.zoo.entry_defense
+
+    def refuse_c(entry, *args, **kwargs):
+        if entry.name == "C":
+            raise WeightsError("C: rebuilt weights do not match the pinned sha256")
+        return judge_entry(entry, *args, **kwargs)
+
+    monkeypatch.setattr(baselines.zoo, "entry_defense", refuse_c)
+    code = main(["run", "--entries", "C,D", "--families", "white_box", "--out-dir", str(tmp_path),
+                 "--no-progress", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert (tmp_path / "fashion-mnist" / "D-quick.json").is_file()
+    assert not (tmp_path / "fashion-mnist" / "C-quick.json").exists()
+    assert "not judged: C: rebuilt weights do not match" in captured.out
+    assert "1 of 2 entries not judged" in captured.err and "C: rebuilt weights" in captured.err
+    assert "| D " in captured.out.split("the fashion-mnist zoo")[1]
