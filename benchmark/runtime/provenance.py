@@ -36,8 +36,11 @@ REVISION_AT_IMPORT = git_revision()
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    # The kernels matter for speed: the same 2 cores ran the judge about 3x slower with AVX2 kernels
+    # than with AVX512 ones (docs/long-evaluations.md), so a record's time is read with them.
     processor = platform.processor() or platform.machine()
-    return f"cpu ({processor}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"cpu ({processor}, {kernels} kernels, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
 def collect(device: torch.device, *, batch_size: int, total_seconds: float,
