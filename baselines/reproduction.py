@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from baselines.eps_probes import EpsProbe, Side, probe_path, probe_points, probe_table, run_probe
 from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from baselines.zoo import ZooEntry, entry_defense, load_zoo
 from benchmark.board.sweeps import SWEEP_SCHEMA
+from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.record_check import load_record
 from benchmark.evaluation.results import atomic_write_text, read_json
 from benchmark.evaluation.stats import intervals_overlap, significantly_greater
@@ -64,7 +66,20 @@ FASHION_PLAN = (
     PlannedModel("D", families=("white_box",), zoo_entry="D"),
 )
 FASHION_SWEEPS = (PlannedSweep("A_pni"), PlannedSweep("A_cni"))
+_PAPERS_EPS = ("Tramer et al. report MNIST at eps 0.3, three times the spec's Fashion-MNIST eps 0.1 "
+               "(eps 0.2 and 0.3 are not the threat model; they only locate the claim).")
+FASHION_PROBES = (
+    EpsProbe("a", "A_adv", Side("A_adv", "fgsm"), Side("A_adv", "transfer/B/fgsm"), _PAPERS_EPS),
+    EpsProbe("b", "A_adv", Side("A_adv", "fgsm"), Side("A_adv", "rand_fgsm"),
+             "RAND+FGSM's gradient step is eps - alpha with alpha = eps/2; " + _PAPERS_EPS),
+    EpsProbe("c", "A_adv-ens", Side("A_adv-ens", "transfer/B/fgsm"), Side("A_adv", "transfer/B/fgsm"),
+             _PAPERS_EPS),
+    EpsProbe("d", "A_adv-true-label", Side("A_adv-true-label", "fgsm"), Side("A_adv-true-label", "clean"),
+             "Kurakin et al. see label leaking on ImageNet with eps up to 16/255 and a model trained at "
+             "random eps; ours trains at eps 0.1 only, so the probe asks whether leaking appears at any eps."),
+)
 PLANS = {"fashion-mnist": (FASHION_PLAN, FASHION_SWEEPS)}
+PROBES = {"fashion-mnist": FASHION_PROBES}
 
 
 def records_dir(dataset: str) -> Path:
@@ -110,6 +125,22 @@ def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device
     return defense, info
 
 
+def plan_names(dataset: str) -> list[str]:
+    """What `--only` may name: planned models, smoothing sweeps and eps probes."""
+    models, sweeps = PLANS[dataset]
+    return ([m.name for m in models] + [f"{s.model}-smoothing" for s in sweeps]
+            + [f"probe-{p.claim}-{p.name}" for p in PROBES.get(dataset, ())])
+
+
+def check_only(dataset: str, only: list[str] | None) -> None:
+    if dataset not in PLANS:
+        raise ThreatbenchError(f"no reproduction plan for {dataset!r}; plans exist for {', '.join(sorted(PLANS))}")
+    unknown = [name for name in only or [] if name not in plan_names(dataset)]
+    if unknown:
+        raise ThreatbenchError(f"--only names {unknown[0]!r}, which the {dataset} plan does not have; "
+                               f"choose from {', '.join(plan_names(dataset))}")
+
+
 def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress: bool = True,
                   only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
     """Measure every planned model and sweep that has no record yet (records resume mid-way)."""
@@ -117,6 +148,7 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
     from benchmark.evaluation.loop import evaluate
     from benchmark.spec import load_spec
 
+    check_only(dataset, only)
     spec = load_spec()
     num_classes = spec.dataset(dataset).num_classes
     models, sweeps = PLANS[dataset]
@@ -135,6 +167,7 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
         evaluate(defense, dataset, budget=budget, out=record_path(model, dataset, budget),
                  device=device, data_dir=data_dir, entry=info, spec=spec, progress=progress,
                  families=model.families)
+    evaluate_probes(dataset, device=device, data_dir=data_dir, progress=progress, only=only, log=log)
     for sweep in sweeps:
         if only and f"{sweep.model}-smoothing" not in only:
             continue
@@ -152,6 +185,40 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
                         device=device, progress=progress,
                         entry={"name": sweep.model, "architecture": entry.architecture,
                                "weights": {"file": entry.weights_file, "sha256": entry.sha256}})
+
+
+def evaluate_probes(dataset: str, *, device, data_dir=None, progress: bool = True,
+                    only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+    """Measure each claim's eps probe (`--only probe-<claim>-<name>`); they resume per eps."""
+    from benchmark.attacks.sources import load_held_out_sources
+    from benchmark.data import load_evaluation_set
+
+    spec = load_spec()
+    dataset_spec = spec.dataset(dataset)
+    planned = {model.name: model for model in PLANS[dataset][0]}
+    zoo = load_zoo(dataset)
+    for probe in PROBES.get(dataset, ()):
+        if only and f"probe-{probe.claim}-{probe.name}" not in only:
+            continue
+        missing = [m for m in probe.models() if planned[m].zoo_entry not in (None, *zoo.names())]
+        if missing:
+            log(f"== probe {probe.claim}-{probe.name}: {missing[0]} is not in the zoo ({zoo.path.name}), skipped")
+            continue
+        defenses, weights = {}, {}
+        for name in probe.models():
+            defenses[name], info = _planned_defense(planned[name], dataset, dataset_spec.num_classes, device)
+            weights[name] = info.weights["sha256"]
+        sources, reason = load_held_out_sources(dataset_spec, device=device)
+        needs_transfer = any(side.measurement.startswith("transfer/") for side in probe.sides())
+        if needs_transfer and not sources:
+            log(f"== probe {probe.claim}-{probe.name}: no transfer source ({reason}), skipped")
+            continue
+        log(f"== probe {probe.claim}-{probe.name}: {probe.high.label()} vs {probe.low.label()} "
+            f"at eps {', '.join(f'{e:g}' for e in probe.eps)} (n = {probe.n})")
+        eval_set = load_evaluation_set(dataset, probe.n, data_dir)
+        run_probe(probe, defenses, weights, {s.name: s.defense for s in sources}, dataset=dataset, spec=spec,
+                  eval_set=eval_set, out=probe_path(records_dir(dataset), probe), device=device,
+                  progress=progress)
 
 
 # ---------------------------------------------------------------- judging the claims
@@ -380,8 +447,36 @@ def _budget_line(evaluations: dict[str, dict], budget: str) -> str:
             f"eps {any_record['threat_model']['eps']:g}, measured on {device}.")
 
 
-def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps: dict[str, dict]) -> str:
+def load_probe_records(dataset: str) -> dict[str, dict]:
+    """Each claim's eps-probe record that exists, by `<claim>-<name>`."""
+    records = {}
+    for probe in PROBES.get(dataset, ()):
+        path = probe_path(records_dir(dataset), probe)
+        if path.is_file():
+            records[f"{probe.claim}-{probe.name}"] = read_json(path)
+    return records
+
+
+def _probe_lines(dataset: str, claim: str, probe_records: dict[str, dict], spec_eps: float) -> list[str]:
+    lines = []
+    for probe in PROBES.get(dataset, ()):
+        if probe.claim != claim:
+            continue
+        key = f"{probe.claim}-{probe.name}"
+        points = probe_points(probe_records[key], probe) if key in probe_records else []
+        if not points:
+            lines += ["", f"Measured across eps: not measured yet (`threatbench reproduce --dataset {dataset} "
+                      f"--evaluate --only probe-{key}`)."]
+            continue
+        sentence, headers, rows = probe_table(probe, points, spec_eps)
+        lines += ["", sentence, "", *_table(headers, rows)]
+    return lines
+
+
+def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps: dict[str, dict],
+                probe_records: dict[str, dict] | None = None) -> str:
     outcomes = judge_claims(evaluations, sweeps)
+    spec_eps = load_spec().dataset(dataset).eps
     lines = [
         f"# Reproductions on {dataset}",
         "",
@@ -402,6 +497,7 @@ def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps:
                   f"Verdict: **{outcome.verdict}**.", "", outcome.explanation, ""]
         if outcome.rows:
             lines += _table(outcome.headers, outcome.rows)
+        lines += _probe_lines(dataset, outcome.key, probe_records or {}, spec_eps)
     lines += ["", "## Models", ""]
     lines += _table(["model", "architecture", "recipe", "epoch", "weights sha256"], [
         [name, record["entry"].get("architecture") or "", (record["entry"].get("recipe") or {}).get("file", ""),
@@ -416,5 +512,5 @@ def write_page(dataset: str, budget: str) -> Path:
     evaluations, sweeps = load_records(dataset, budget)
     path = page_path(dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_page(dataset, budget, evaluations, sweeps))
+    atomic_write_text(path, render_page(dataset, budget, evaluations, sweeps, load_probe_records(dataset)))
     return path

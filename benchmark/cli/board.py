@@ -133,7 +133,8 @@ def _add_pages(commands) -> None:
     reproduce.add_argument("--budget", choices=list(BUDGETS), default="quick")
     reproduce.add_argument("--evaluate", action="store_true",
                            help="measure what has no record yet (else only render the page)")
-    reproduce.add_argument("--only", help="comma-separated planned models / sweeps to measure")
+    reproduce.add_argument("--only", help="comma-separated planned models, smoothing sweeps (<model>-smoothing) "
+                           "or eps probes (probe-<claim>-<model>) to measure")
     add_runtime(reproduce)
     reproduce.set_defaults(handler=command_reproduce)
 
