@@ -29,7 +29,7 @@ from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.results import atomic_write_json, decode_bits, encode_bits, read_json
 from benchmark.evaluation.stats import paired_test, wilson_interval
 from benchmark.runtime.provenance import collect
-from benchmark.spec import AttackParams, DatasetSpec, Spec
+from benchmark.spec import DatasetSpec, Spec
 
 PROBE_SCHEMA = "threatbench.eps-probe/1"
 TRANSFER_PREFIX = "transfer/"
@@ -65,16 +65,6 @@ class EpsProbe:
         return self.high, self.low
 
 
-def params_at_eps(params: AttackParams, eps: float, spec_eps: float) -> AttackParams:
-    """The spec's attack scaled to another eps: step size and RAND+FGSM's alpha in proportion, so
-    every point takes the same steps along the same path relative to its ball."""
-    scale = eps / spec_eps
-    return dataclasses.replace(
-        params,
-        step_size=None if params.step_size is None else params.step_size * scale,
-        alpha=None if params.alpha is None else params.alpha * scale)
-
-
 def probe_path(records_dir: Path, probe: EpsProbe) -> Path:
     return records_dir / f"probe-{probe.claim}-{probe.name}.json"
 
@@ -92,7 +82,7 @@ def _adversary(side: Side, defenses: dict[str, Any], sources: dict[str, Any], da
         attacker = sources[source_name]
     else:
         attack, attacker = side.measurement, defenses[side.model]
-    params = params_at_eps(dataset.attacks[attack], eps, dataset.eps)
+    params = dataset.attacks[attack].at_eps(eps, dataset.eps)
     return lambda batch: run_white_box(attack, attacker, batch, params, eps, seed, counter)
 
 

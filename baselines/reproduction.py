@@ -405,10 +405,28 @@ def claim_smoothing(sweeps: dict[str, dict]) -> ClaimOutcome:
         sweep = next(iter(sweeps.values()))
         outcome.explanation = (f"n = {sweep['n']}, sigma = {sweep['smoothing']['sigma']} (pixel units), "
                                f"{sweep['smoothing']['vote']} voting; PGD and EPGD are crafted once on one "
-                               "draw of the noisy model and classified by every m.")
+                               "draw of the noisy model and classified by every m." + _unanimity(sweeps))
     else:
         outcome.explanation = "No smoothing sweep recorded yet."
     return outcome
+
+
+def _unanimity(sweeps: dict[str, dict]) -> str:
+    """The measured reason a larger m can or cannot help: how often all of the largest m draws agree."""
+    parts = []
+    for model in sorted(sweeps):
+        record = sweeps[model]
+        largest = str(record["smoothing"]["samples"][-1])
+        cells = {name: record["accuracy"][name][largest] for name in ("clean", "pgd", "epgd")}
+        if any("unanimous" not in cell for cell in cells.values()):
+            continue                     # recorded before the sweep counted agreement
+        shares = ", ".join(f"{100 * cell['unanimous'] / record['n']:.0f}% of {name}"
+                           for name, cell in cells.items())
+        parts.append(f"{model}: {shares} inputs")
+    if not parts:
+        return ""
+    return (f" Where every one of the largest m draws gives the same class, no number of draws can "
+            f"change the vote; all draws agree on {'; '.join(parts)}.")
 
 
 # ---------------------------------------------------------------- the page

@@ -8,7 +8,6 @@ isolates the effect of m, as Nemcovsky et al. do, and EPGD is the attack that fo
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ def smoothing_sweep(model: nn.Module, *, dataset: str, spec: Spec, sigma: float,
               for m in samples}
     eval_set = load_evaluation_set(dataset, n, data_dir)
     correct = {(name, m): 0 for name in SWEEP_INPUTS for m in samples}
+    unanimous = {(name, m): 0 for name in SWEEP_INPUTS for m in samples}
     counter, started = PassCounter(), time.perf_counter()
     batches = iterate_batches(eval_set, 0, batch_size, device)
     for batch in tqdm(batches, total=-(-len(eval_set) // batch_size), desc="smoothing sweep",
@@ -65,8 +65,12 @@ def smoothing_sweep(model: nn.Module, *, dataset: str, spec: Spec, sigma: float,
         for name, x in inputs.items():
             for m, voter in voters.items():
                 seed_model_noise(seed, f"smoothing-sweep/predict/{name}/{m}", int(batch.indices[0]))
-                correct[(name, m)] += int((voter.predict(x) == batch.y).sum())
-    results = {name: {str(m): _summary(correct[(name, m)], len(eval_set), spec.confidence)
+                votes = voter.scores(x)      # argmax is `predict`: ties to the lowest class index
+                correct[(name, m)] += int((votes.argmax(dim=1) == batch.y).sum())
+                unanimous[(name, m)] += int((votes.max(dim=1).values == 1).sum())
+    # How often every draw agrees: where they all do, a vote over more draws changes nothing.
+    results = {name: {str(m): {**_summary(correct[(name, m)], len(eval_set), spec.confidence),
+                               "unanimous": unanimous[(name, m)]}
                       for m in samples} for name in SWEEP_INPUTS}
     record = {
         "schema": SWEEP_SCHEMA, "entry": entry, "dataset": dataset,
@@ -110,7 +114,7 @@ def eps_sweep(defense, *, dataset: str, spec: Spec, eps_values: list[float], n: 
     eval_set = load_evaluation_set(dataset, n, data_dir)
     points, counter, started = [], PassCounter(), time.perf_counter()
     for eps in tqdm(eps_values, desc="eps sweep", disable=not progress, leave=False):
-        scaled = dataclasses.replace(params, step_size=params.step_size * eps / dataset_spec.eps)
+        scaled = params.at_eps(eps, dataset_spec.eps)
         correct = 0
         for batch in iterate_batches(eval_set, 0, batch_size, device):
             seed_model_noise(seed, f"eps-sweep/{name}/{eps}", int(batch.indices[0]))

@@ -24,6 +24,14 @@ class AttackParams:
     random_start: bool = False
     draws: int | None = None
 
+    def at_eps(self, eps: float, spec_eps: float) -> AttackParams:
+        """This attack at another eps: step size and RAND+FGSM's alpha in proportion, so every eps
+        takes the same steps along the same path relative to its ball."""
+        scale = eps / spec_eps
+        return dataclasses.replace(
+            self, step_size=None if self.step_size is None else self.step_size * scale,
+            alpha=None if self.alpha is None else self.alpha * scale)
+
     def as_dict(self) -> dict[str, Any]:
         fields = ("label", "alpha", "steps", "step_size", "random_start", "draws")
         return {k: getattr(self, k) for k in fields if getattr(self, k) not in (None, False)}

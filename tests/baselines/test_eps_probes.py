@@ -11,7 +11,6 @@ from baselines.eps_probes import (
     EpsProbe,
     ProbePoint,
     Side,
-    params_at_eps,
     probe_points,
     probe_table,
     run_probe,
@@ -43,10 +42,10 @@ PROBE = EpsProbe("a", "T", Side("T", "fgsm"), Side("T", "transfer/S/fgsm"), "why
 def test_attacks_scale_their_steps_with_eps_and_fgsm_needs_none():
     pgd = AttackParams("pgd", "true", steps=40, step_size=0.00625, random_start=True)
     rand = AttackParams("rand_fgsm", "true", alpha=0.05)
-    assert params_at_eps(pgd, 0.3, 0.1).step_size == pytest.approx(0.01875)
-    assert params_at_eps(rand, 0.3, 0.1).alpha == pytest.approx(0.15)
+    assert pgd.at_eps(0.3, 0.1).step_size == pytest.approx(0.01875)
+    assert rand.at_eps(0.3, 0.1).alpha == pytest.approx(0.15)
     fgsm = AttackParams("fgsm", "true")
-    assert params_at_eps(fgsm, 0.3, 0.1) == fgsm
+    assert fgsm.at_eps(0.3, 0.1) == fgsm
 
 
 def test_a_probe_measures_both_sides_at_every_eps_and_resumes(tmp_path, monkeypatch):

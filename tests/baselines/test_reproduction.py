@@ -106,6 +106,15 @@ def test_smoothing_claim_compares_the_largest_m_with_one_draw():
     assert claim_smoothing({"A_pni": flat}).verdict == NOT_REPRODUCED
 
 
+def test_the_smoothing_claim_explains_itself_by_how_often_all_draws_agree():
+    flat = sweep({"clean": [0.80, 0.80, 0.80], "pgd": [0.30, 0.30, 0.30], "epgd": [0.2, 0.2, 0.2]})
+    assert "agree" not in claim_smoothing({"A_pni": flat}).explanation    # older records: no count
+    for name, count in (("clean", 485), ("pgd", 450), ("epgd", 440)):
+        flat["accuracy"][name]["16"]["unanimous"] = count
+    explanation = claim_smoothing({"A_pni": flat}).explanation
+    assert "all draws agree on A_pni: 97% of clean, 90% of pgd, 88% of epgd inputs." in explanation
+
+
 def test_the_page_is_deterministic_and_names_budget_and_verdicts():
     records = masked_records()
     first = render_page("fashion-mnist", "quick", records, {})
@@ -131,6 +140,8 @@ def test_the_smoothing_sweep_measures_every_m_on_clean_pgd_and_epgd(tmp_path):
     assert set(result["accuracy"]) == {"clean", "pgd", "epgd"}
     for cells in result["accuracy"].values():
         assert set(cells) == {"1", "3"}
+        assert cells["1"]["unanimous"] == 20            # one draw always agrees with itself
+        assert 0 <= cells["3"]["unanimous"] <= 20
         for cell in cells.values():
             low, high = cell["interval"]
             assert low <= cell["accuracy"] <= high and cell["correct"] == round(cell["accuracy"] * 20)
