@@ -13,6 +13,7 @@ and resumes from the points it holds when the weights, the spec and the subset a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ class Side:
 
 @dataclass(frozen=True)
 class EpsProbe:
-    """Claim `claim` says `high` is more accurate than `low`; measured at every eps in `eps`."""
+    """Claim `claim` says `high` is more accurate than `low`; measured at every eps in `eps`, on the
+    n examples of the budget whose records the page judges (so its spec-eps row repeats theirs)."""
 
     claim: str
     name: str
@@ -56,7 +58,6 @@ class EpsProbe:
     low: Side
     why: str
     eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
-    n: int = 500
 
     def models(self) -> list[str]:
         return sorted({self.high.model, self.low.model})
@@ -182,7 +183,7 @@ def probe_table(probe: EpsProbe, points: list[ProbePoint], spec_eps: float) -> t
     """A sentence saying where the claimed direction holds, and the table behind it."""
     headers = ["eps", probe.high.label(), probe.low.label(), "difference (points)", "paired p (one-sided)"]
     rows = [[f"{p.eps:g}" + (" (spec)" if np.isclose(p.eps, spec_eps) else ""), p.cell(p.high), p.cell(p.low),
-             f"{100 * (p.high.mean() - p.low.mean()):+.1f}", f"{p.p_value():.2g}"] for p in points]
+             f"{100 * (p.high.mean() - p.low.mean()):+.1f}", _format_p(p.p_value())] for p in points]
     alpha = 0.05 / max(len(points), 1)     # Bonferroni over the eps measured
     holding = [f"{p.eps:g}" for p in points if p.holds(alpha)]
     n = points[0].high.size if points else 0
@@ -190,5 +191,29 @@ def probe_table(probe: EpsProbe, points: list[ProbePoint], spec_eps: float) -> t
              f"{len(points)} eps) at eps {', '.join(holding)}" if holding else
              f"the claimed direction holds at none of the {len(points)} eps measured (paired exact test, "
              f"p < {alpha:.2g} each)")
-    sentence = f"Measured across eps (n = {n}, the same examples at every eps): {probe.why} Here {where}."
+    sentence = (f"Measured across eps (n = {n}, the same examples at every eps): {probe.why} Here {where}."
+                + _rising_with_eps(probe, points, alpha))
     return sentence, headers, rows
+
+
+def _format_p(p: float) -> str:
+    return "< 1e-300" if p == 0 else f"{p:.2g}"
+
+
+def _rising_with_eps(probe: EpsProbe, points: list[ProbePoint], alpha: float) -> str:
+    """An attack that fools the model less at a larger eps (same examples, paired test) is a sign of
+    a masked gradient or label leaking (Kurakin et al. 2017, §4.3): said where measured."""
+    notes = []
+    for side, column in ((probe.high, "high"), (probe.low, "low")):
+        if side.measurement == "clean":
+            continue
+        for before, after in itertools.pairwise(points):
+            smaller, larger = getattr(before, column), getattr(after, column)
+            p_value = paired_test(larger, smaller).p_value
+            if p_value < alpha:
+                notes.append(f"{side.label()} is more accurate at eps {after.eps:g} than at {before.eps:g} "
+                             f"({100 * (larger.mean() - smaller.mean()):+.1f} points, paired p = {_format_p(p_value)})")
+    if not notes:
+        return ""
+    return (" " + "; ".join(notes) + ": a larger perturbation that fools the model less is the mark of a "
+            "masked gradient.")

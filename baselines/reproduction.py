@@ -23,7 +23,7 @@ from benchmark.evaluation.record_check import load_record
 from benchmark.evaluation.results import atomic_write_text, read_json
 from benchmark.evaluation.stats import intervals_overlap, significantly_greater
 from benchmark.models.defense import load as load_defense
-from benchmark.spec import load_spec
+from benchmark.spec import FAMILIES, load_spec
 
 LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
 REPRODUCED, DIRECTION_ONLY, NOT_REPRODUCED, NOT_MEASURED = (
@@ -141,12 +141,32 @@ def check_only(dataset: str, only: list[str] | None) -> None:
                                f"choose from {', '.join(plan_names(dataset))}")
 
 
+def families_on_record(path: Path, model: PlannedModel, zoo, spec_version: str) -> tuple[str, ...]:
+    """The families an existing record of exactly this model under this spec has run; () when there
+    is none, it is of an older spec, or it measured other weights (a retrained entry, another recipe)."""
+    if not path.is_file():
+        return ()
+    document = read_json(path)
+    if not isinstance(document, dict) or (document.get("spec") or {}).get("version") != spec_version:
+        return ()
+    entry = document.get("entry") or {}
+    if model.zoo_entry is not None:
+        same = (entry.get("weights") or {}).get("sha256") == zoo.entry(model.zoo_entry).sha256
+    else:
+        recipe = load_recipe(model.recipe)
+        recorded = entry.get("recipe") or {}
+        same = (recorded.get("sha256"), recorded.get("epoch")) == (recipe.sha256, model.epoch or recipe.epochs)
+    if not same:
+        return ()
+    return tuple(name for name, family in (document.get("families") or {}).items()
+                 if family.get("status") == "run")
+
+
 def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress: bool = True,
                   only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
     """Measure every planned model and sweep that has no record yet (records resume mid-way)."""
     from benchmark.board.sweeps import smoothing_sweep
     from benchmark.evaluation.loop import evaluate
-    from benchmark.spec import load_spec
 
     check_only(dataset, only)
     spec = load_spec()
@@ -162,12 +182,19 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
         if model.zoo_entry is not None and model.zoo_entry not in zoo.names():
             log(f"== {model.name}: not in the zoo ({zoo.path.name}), skipped")
             continue
+        out = record_path(model, dataset, budget)
+        done = families_on_record(out, model, zoo, spec.version)
+        if set(model.families) <= set(done):
+            log(f"== {model.name}: its {budget} record has {', '.join(model.families)} already ({out.name})")
+            continue
+        # A zoo entry's record is the leaderboard's: measure what it lacks and keep what it has.
+        families = tuple(f for f in FAMILIES if f in done or f in model.families)
         defense, info = _planned_defense(model, dataset, num_classes, device)
-        log(f"== {model.name}: {', '.join(model.families)} ({budget} budget)")
-        evaluate(defense, dataset, budget=budget, out=record_path(model, dataset, budget),
-                 device=device, data_dir=data_dir, entry=info, spec=spec, progress=progress,
-                 families=model.families)
-    evaluate_probes(dataset, device=device, data_dir=data_dir, progress=progress, only=only, log=log)
+        log(f"== {model.name}: {', '.join(families)} ({budget} budget)")
+        evaluate(defense, dataset, budget=budget, out=out, device=device, data_dir=data_dir, entry=info,
+                 spec=spec, progress=progress, families=families)
+    evaluate_probes(dataset, budget=budget, device=device, data_dir=data_dir, progress=progress, only=only,
+                    log=log)
     for sweep in sweeps:
         if only and f"{sweep.model}-smoothing" not in only:
             continue
@@ -187,14 +214,16 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
                                "weights": {"file": entry.weights_file, "sha256": entry.sha256}})
 
 
-def evaluate_probes(dataset: str, *, device, data_dir=None, progress: bool = True,
+def evaluate_probes(dataset: str, *, budget: str, device, data_dir=None, progress: bool = True,
                     only: list[str] | None = None, log: Callable[[str], None] = print) -> None:
-    """Measure each claim's eps probe (`--only probe-<claim>-<name>`); they resume per eps."""
+    """Measure each claim's eps probe on the budget's n (`--only probe-<claim>-<name>`); they resume
+    per eps."""
     from benchmark.attacks.sources import load_held_out_sources
     from benchmark.data import load_evaluation_set
 
     spec = load_spec()
     dataset_spec = spec.dataset(dataset)
+    n = dataset_spec.budget(budget).n
     planned = {model.name: model for model in PLANS[dataset][0]}
     zoo = load_zoo(dataset)
     for probe in PROBES.get(dataset, ()):
@@ -214,8 +243,8 @@ def evaluate_probes(dataset: str, *, device, data_dir=None, progress: bool = Tru
             log(f"== probe {probe.claim}-{probe.name}: no transfer source ({reason}), skipped")
             continue
         log(f"== probe {probe.claim}-{probe.name}: {probe.high.label()} vs {probe.low.label()} "
-            f"at eps {', '.join(f'{e:g}' for e in probe.eps)} (n = {probe.n})")
-        eval_set = load_evaluation_set(dataset, probe.n, data_dir)
+            f"at eps {', '.join(f'{e:g}' for e in probe.eps)} (n = {n})")
+        eval_set = load_evaluation_set(dataset, n, data_dir)
         run_probe(probe, defenses, weights, {s.name: s.defense for s in sources}, dataset=dataset, spec=spec,
                   eval_set=eval_set, out=probe_path(records_dir(dataset), probe), device=device,
                   progress=progress)
@@ -475,16 +504,29 @@ def load_probe_records(dataset: str) -> dict[str, dict]:
     return records
 
 
-def _probe_lines(dataset: str, claim: str, probe_records: dict[str, dict], spec_eps: float) -> list[str]:
+def _same_models(probe_record: dict, evaluations: dict[str, dict]) -> bool:
+    """The probe measured the very weights (and n) of the page's records of its models."""
+    for model, sha256 in (probe_record.get("weights_sha256") or {}).items():
+        record = evaluations.get(model)
+        if record is None or (record["entry"].get("weights") or {}).get("sha256") != sha256:
+            return False
+        if record["n"] != probe_record.get("n"):
+            return False
+    return True
+
+
+def _probe_lines(dataset: str, claim: str, probe_records: dict[str, dict], evaluations: dict[str, dict],
+                 spec_eps: float) -> list[str]:
     lines = []
     for probe in PROBES.get(dataset, ()):
         if probe.claim != claim:
             continue
         key = f"{probe.claim}-{probe.name}"
-        points = probe_points(probe_records[key], probe) if key in probe_records else []
+        record = probe_records.get(key)
+        points = probe_points(record, probe) if record and _same_models(record, evaluations) else []
         if not points:
-            lines += ["", f"Measured across eps: not measured yet (`threatbench reproduce --dataset {dataset} "
-                      f"--evaluate --only probe-{key}`)."]
+            lines += ["", f"Measured across eps: not measured yet on this page's models (`threatbench reproduce "
+                      f"--dataset {dataset} --evaluate --only probe-{key}`)."]
             continue
         sentence, headers, rows = probe_table(probe, points, spec_eps)
         lines += ["", sentence, "", *_table(headers, rows)]
@@ -515,7 +557,7 @@ def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps:
                   f"Verdict: **{outcome.verdict}**.", "", outcome.explanation, ""]
         if outcome.rows:
             lines += _table(outcome.headers, outcome.rows)
-        lines += _probe_lines(dataset, outcome.key, probe_records or {}, spec_eps)
+        lines += _probe_lines(dataset, outcome.key, probe_records or {}, evaluations, spec_eps)
     lines += ["", "## Models", ""]
     lines += _table(["model", "architecture", "recipe", "epoch", "weights sha256"], [
         [name, record["entry"].get("architecture") or "", (record["entry"].get("recipe") or {}).get("file", ""),

@@ -36,7 +36,7 @@ def linear_defense(seed: int, *, randomized: bool = False) -> Defense:
     return Defense(model.eval(), 10, randomized=randomized, name=f"linear{seed}")
 
 
-PROBE = EpsProbe("a", "T", Side("T", "fgsm"), Side("T", "transfer/S/fgsm"), "why.", eps=(0.05, 0.1), n=30)
+PROBE = EpsProbe("a", "T", Side("T", "fgsm"), Side("T", "transfer/S/fgsm"), "why.", eps=(0.05, 0.1))
 
 
 def test_attacks_scale_their_steps_with_eps_and_fgsm_needs_none():
@@ -94,21 +94,36 @@ def test_the_table_says_where_the_claimed_direction_holds_after_bonferroni():
     assert rows[1][3] == "+20.0" and rows[1][4] == "9.5e-07"
     sentence, _, _ = probe_table(PROBE, points[:1], spec_eps=0.1)
     assert "holds at none of the 1 eps measured" in sentence
+    assert "fools the model less" not in sentence
 
 
-def test_the_page_shows_a_probe_beside_its_claim_or_says_how_to_measure_it():
+def test_an_attack_weaker_at_a_larger_eps_is_called_out_as_masking():
+    points = [ProbePoint(0.05, bits(40), bits(30)), ProbePoint(0.1, bits(60), bits(20))]  # high rises 40 -> 60
+    sentence, _, rows = probe_table(PROBE, points, spec_eps=0.1)
+    assert "T fgsm is more accurate at eps 0.1 than at 0.05 (+20.0 points, paired p = 9.5e-07)" in sentence
+    assert "masked gradient" in sentence and "T transfer/S/fgsm is more accurate" not in sentence
+    underflow = ProbePoint(0.3, bits(2000, 2000), bits(0, 2000))      # p = 2**-2000 underflows to 0
+    assert probe_table(PROBE, [underflow], spec_eps=0.1)[2][0][4] == "< 1e-300"
+
+
+def test_the_page_shows_a_probe_beside_its_claim_only_for_the_weights_it_judges():
     from baselines.reproduction import FASHION_PROBES, render_page
-    from tests.baselines.test_reproduction import masked_records
+    from tests.baselines.test_reproduction import N, masked_records
 
     probe = next(p for p in FASHION_PROBES if p.claim == "a")
     record = {"high": {"model": probe.high.model, "measurement": probe.high.measurement},
-              "low": {"model": probe.low.model, "measurement": probe.low.measurement}, "n": 100,
-              "points": [{"eps": "0.1", "bits": {probe.high.label(): _encode(bits(70)),
-                                                   probe.low.label(): _encode(bits(50))}}]}
+              "low": {"model": probe.low.model, "measurement": probe.low.measurement}, "n": N,
+              "weights_sha256": {"A_adv": "f" * 64},          # the weights of masked_records()
+              "points": [{"eps": "0.1", "bits": {probe.high.label(): _encode(bits(350, N)),
+                                                   probe.low.label(): _encode(bits(250, N))}}]}
     page = render_page(DATASET, "quick", masked_records(), {}, {f"a-{probe.name}": record})
     section = page.split("## (a)")[1].split("## (b)")[0]
-    assert "Measured across eps (n = 100" in section and "| 0.1 (spec) | 70.0 [" in section
+    assert f"Measured across eps (n = {N}" in section and "| 0.1 (spec) | 70.0 [" in section
     assert "--only probe-b-A_adv" in page.split("## (b)")[1].split("## (c)")[0]
+    stale = {**record, "weights_sha256": {"A_adv": "0" * 64}}   # measured before a retraining
+    page = render_page(DATASET, "quick", masked_records(), {}, {f"a-{probe.name}": stale})
+    section = page.split("## (a)")[1].split("## (b)")[0]
+    assert "| 0.1 (spec)" not in section and "not measured yet on this page's models" in section
 
 
 def _encode(values: np.ndarray) -> str:

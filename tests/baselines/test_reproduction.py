@@ -163,3 +163,48 @@ def test_rand_fgsm_weaker_everywhere_is_not_reproduced_even_if_least_weak_on_a_a
     outcome = claim_rand_fgsm(records)
     assert outcome.verdict == NOT_REPRODUCED
     assert "weaker than FGSM on all 2 models" in outcome.explanation
+
+
+def _write_record(path, *, sha256: str, version: str, families: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"entry": {"name": "A", "weights": {"sha256": sha256}}, "spec": {"version": version},
+                                "families": families}))
+
+
+def test_evaluate_plan_keeps_a_zoo_record_and_measures_only_what_it_lacks(tmp_path, monkeypatch):
+    """The zoo entries' records are the leaderboard's: the reproduction never re-measures or narrows
+    them, and adds a missing family to the families already run."""
+    import baselines.reproduction as reproduction
+    import benchmark.evaluation.loop as loop
+    from baselines.zoo import load_zoo
+    from benchmark.spec import load_spec
+
+    zoo_sha = load_zoo("fashion-mnist").entry("A").sha256
+    version = load_spec().version
+    monkeypatch.setattr(reproduction, "LEADERBOARD_DIR", tmp_path)
+    planned = reproduction.PlannedModel("A", zoo_entry="A")
+    monkeypatch.setitem(reproduction.PLANS, "fashion-mnist", ((planned,), ()))
+    monkeypatch.setitem(reproduction.PROBES, "fashion-mnist", ())
+    calls = []
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: calls.append(kwargs["families"]))
+    monkeypatch.setattr(reproduction, "_planned_defense", lambda *args: (None, None))
+    record = tmp_path / "results" / "fashion-mnist" / "A-quick.json"
+    run = {"status": "run"}
+
+    _write_record(record, sha256=zoo_sha, version=version,
+                  families={"white_box": run, "transfer": run, "adaptive": run})
+    reproduction.evaluate_plan("fashion-mnist", budget="quick", device="cpu", log=lambda line: None)
+    assert calls == []                                            # complete: not measured again
+
+    _write_record(record, sha256=zoo_sha, version=version,
+                  families={"white_box": run, "transfer": {"status": "not_run"}, "adaptive": run})
+    reproduction.evaluate_plan("fashion-mnist", budget="quick", device="cpu", log=lambda line: None)
+    assert calls == [("white_box", "transfer", "adaptive")]       # adds transfer, keeps the rest
+
+    for sha, spec_version in (("0" * 64, version), (zoo_sha, "1.0.0")):   # other weights, older spec
+        calls.clear()
+        _write_record(record, sha256=sha, version=spec_version, families={"white_box": run, "transfer": run})
+        reproduction.evaluate_plan("fashion-mnist", budget="quick", device="cpu", log=lambda line: None)
+        assert calls == [("white_box", "transfer")]
