@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from benchmark.attacks.batches import iterate_batches
 from benchmark.attacks.gradient import PassCounter, run_white_box
+from benchmark.board.cells import with_interval
 from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.results import atomic_write_json, decode_bits, encode_bits, read_json
 from benchmark.evaluation.stats import paired_test, wilson_interval
@@ -158,8 +159,8 @@ class ProbePoint:
     confidence: float = 0.95
 
     def cell(self, bits: np.ndarray) -> str:
-        low, high = wilson_interval(int(bits.sum()), bits.size, self.confidence)
-        return f"{100 * bits.mean():.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+        interval = wilson_interval(int(bits.sum()), bits.size, self.confidence)
+        return with_interval({"accuracy": float(bits.mean()), "interval": interval})
 
     def p_value(self) -> float:
         """Exact paired test (same examples) that `high` is more often correct than `low`."""

@@ -226,9 +226,9 @@ def evaluate_probes(dataset: str, *, budget: str, device, data_dir=None, progres
     n = dataset_spec.budget(budget).n
     planned = {model.name: model for model in PLANS[dataset][0]}
     zoo = load_zoo(dataset)
-    for probe in PROBES.get(dataset, ()):
-        if only and f"probe-{probe.claim}-{probe.name}" not in only:
-            continue
+    probes = [p for p in PROBES.get(dataset, ()) if not only or f"probe-{p.claim}-{p.name}" in only]
+    sources, reason = load_held_out_sources(dataset_spec, device=device) if probes else ([], "")
+    for probe in probes:
         missing = [m for m in probe.models() if planned[m].zoo_entry not in (None, *zoo.names())]
         if missing:
             log(f"== probe {probe.claim}-{probe.name}: {missing[0]} is not in the zoo ({zoo.path.name}), skipped")
@@ -237,7 +237,6 @@ def evaluate_probes(dataset: str, *, budget: str, device, data_dir=None, progres
         for name in probe.models():
             defenses[name], info = _planned_defense(planned[name], dataset, dataset_spec.num_classes, device)
             weights[name] = info.weights["sha256"]
-        sources, reason = load_held_out_sources(dataset_spec, device=device)
         needs_transfer = any(side.measurement.startswith("transfer/") for side in probe.sides())
         if needs_transfer and not sources:
             log(f"== probe {probe.claim}-{probe.name}: no transfer source ({reason}), skipped")
