@@ -17,6 +17,7 @@ from baselines.eps_probes import EpsProbe, Side, probe_path, probe_points, probe
 from baselines.recipes import load_recipe
 from baselines.train import train_recipe
 from baselines.zoo import ZooEntry, entry_defense, load_zoo
+from benchmark.board.cells import table
 from benchmark.board.sweeps import SWEEP_SCHEMA
 from benchmark.errors import ThreatbenchError
 from benchmark.evaluation.record_check import load_record
@@ -478,11 +479,6 @@ def judge_claims(evaluations: dict[str, dict], sweeps: dict[str, dict]) -> list[
             claim_ensemble_transfer(evaluations), claim_label_leaking(evaluations), claim_smoothing(sweeps)]
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def _budget_line(evaluations: dict[str, dict], budget: str) -> str:
     any_record = next(iter(evaluations.values()), None)
     if any_record is None:
@@ -528,7 +524,7 @@ def _probe_lines(dataset: str, claim: str, probe_records: dict[str, dict], evalu
                       f"--dataset {dataset} --evaluate --only probe-{key}`)."]
             continue
         sentence, headers, rows = probe_table(probe, points, spec_eps)
-        lines += ["", sentence, "", *_table(headers, rows)]
+        lines += ["", sentence, "", *table(headers, rows)]
     return lines
 
 
@@ -555,10 +551,10 @@ def render_page(dataset: str, budget: str, evaluations: dict[str, dict], sweeps:
         lines += ["", f"## ({outcome.key}) {outcome.claim}", "", f"Source: {outcome.source}. "
                   f"Verdict: **{outcome.verdict}**.", "", outcome.explanation, ""]
         if outcome.rows:
-            lines += _table(outcome.headers, outcome.rows)
+            lines += table(outcome.headers, outcome.rows)
         lines += _probe_lines(dataset, outcome.key, probe_records or {}, evaluations, spec_eps)
     lines += ["", "## Models", ""]
-    lines += _table(["model", "architecture", "recipe", "epoch", "weights sha256"], [
+    lines += table(["model", "architecture", "recipe", "epoch", "weights sha256"], [
         [name, record["entry"].get("architecture") or "", (record["entry"].get("recipe") or {}).get("file", ""),
          str((record["entry"].get("recipe") or {}).get("epoch", "")),
          f"`{(record['entry'].get('weights') or {}).get('sha256', '')[:16]}`"]
