@@ -99,9 +99,12 @@ def check_not_held_out(recipe: Recipe, static: Recipe, weights_sha256: str, spec
             )
 
 
-def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool, device) -> list[Defense]:
-    """Frozen static models, each trained from its own recipe (once; cached like any run)."""
-    spec, sources = load_spec(), []
+def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool,
+                        device) -> tuple[list[Defense], list[dict[str, str]]]:
+    """Frozen static models, each trained from its own recipe (once; cached like any run), and the
+    provenance the run's model.json keeps of each: a rebuild on other CPU kernels trains other
+    static weights, so the card must say which ones the model saw."""
+    spec, sources, provenance = load_spec(), [], []
     for static in recipe.static_models:
         static_recipe = load_recipe(static.recipe)
         if static_recipe.dataset != recipe.dataset:
@@ -118,7 +121,9 @@ def load_static_sources(recipe: Recipe, *, data_dir=None, progress: bool, device
                                     num_classes=spec.datasets[recipe.dataset].num_classes,
                                     sha256=run.final.sha256, device=device,
                                     name=static_recipe.name))
-    return sources
+        provenance.append({"name": static_recipe.name, "recipe_sha256": static_recipe.sha256,
+                           "weights_sha256": run.final.sha256})
+    return sources, provenance
 
 
 def _save_weights(model: torch.nn.Module, path: Path, recipe: Recipe, epoch: int,
@@ -181,8 +186,9 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     if recipe.noise_init == "weight_relative":
         scale_noise_to_weights(model.network)
     optimizer = make_optimizer(recipe, model.network)
-    statics = load_static_sources(recipe, data_dir=data_dir, progress=progress, device=device) \
-        if recipe.trainer == "ensemble_adversarial" else []
+    statics, static_provenance = load_static_sources(recipe, data_dir=data_dir, progress=progress,
+                                                     device=device) \
+        if recipe.trainer == "ensemble_adversarial" else ([], [])
     checkpoint = directory / "checkpoint.safetensors"
     first_epoch = load_checkpoint(checkpoint, model.network, optimizer) if checkpoint.is_file() else 0
     steps = first_epoch * -(-len(x) // recipe.batch_size)
@@ -212,7 +218,8 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     final = _save_weights(model.network, directory / "weights.safetensors", recipe, final_epoch)
     run = TrainingRun(recipe, directory, final, snapshots)
     if max_steps is None:
-        extra = {"ensemble_source_batches": source_counts} if source_counts else {}
+        extra = {"ensemble_source_batches": source_counts, "static_models": static_provenance} \
+            if source_counts else {}
         training = {"seconds": round(spent + time.perf_counter() - started, 1), "device": trained_on,
                     "train_images": len(x)}
         atomic_write_json(directory / "model.json",

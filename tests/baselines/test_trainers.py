@@ -169,6 +169,12 @@ def test_ensemble_training_draws_only_the_model_and_its_static_sources(tmp_path)
     counts = json.loads(card)["ensemble_source_batches"]
     assert set(counts) <= {"self", "static_c", "static_d"}
     assert sum(counts.values()) == 8          # 2 epochs x 128 images / batch 32
+    seen = json.loads(card)["static_models"]
+    assert [m["name"] for m in seen] == ["static_c", "static_d"]
+    for model, path in zip(seen, statics, strict=True):
+        static_run = train_recipe(load_recipe_file(path), progress=False)    # cached: no retraining
+        assert model["weights_sha256"] == static_run.final.sha256
+        assert model["recipe_sha256"] == load_recipe_file(path).sha256
 
 
 @requires_fashion
