@@ -186,8 +186,7 @@ def train_recipe(recipe: Recipe, out_dir: Path | None = None, *, data_dir=None, 
     if recipe.noise_init == "weight_relative":
         scale_noise_to_weights(model.network)
     optimizer = make_optimizer(recipe, model.network)
-    statics, static_provenance = load_static_sources(recipe, data_dir=data_dir, progress=progress,
-                                                     device=device) \
+    statics, static_provenance = load_static_sources(recipe, data_dir=data_dir, progress=progress, device=device) \
         if recipe.trainer == "ensemble_adversarial" else ([], [])
     checkpoint = directory / "checkpoint.safetensors"
     first_epoch = load_checkpoint(checkpoint, model.network, optimizer) if checkpoint.is_file() else 0
