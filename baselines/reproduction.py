@@ -388,6 +388,8 @@ def claim_ensemble_transfer(records) -> ClaimOutcome:
             outcome.rows.append([str(epochs), attack, adv.cell(), ens.cell(), verdict])
     measured = [v for v in verdicts if v != NOT_MEASURED]
     outcome.verdict = _combine(measured) if measured else NOT_MEASURED
+    if measured and len(measured) < len(verdicts):   # the claim names both epochs: never complete on half
+        outcome.verdict += f" where measured ({len(verdicts) - len(measured)} of {len(verdicts)} comparisons not yet)"
     outcome.explanation = (f"{measured.count(REPRODUCED)} of {len(verdicts)} comparisons favour A_adv-ens "
                            f"significantly; {len(verdicts) - len(measured)} not measured.")
     return outcome
