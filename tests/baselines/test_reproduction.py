@@ -78,6 +78,16 @@ def test_rand_fgsm_claim_needs_the_largest_gap_on_a_adv():
     assert outcome.verdict != REPRODUCED and "largest gap is on A_adv-ens" in outcome.explanation
 
 
+def test_rand_fgsm_claim_counts_a_longer_trained_a_adv_as_a_adv():
+    records = masked_records()
+    records["A_adv@12"] = record("A_adv@12", 0.85, fgsm=0.85, rand_fgsm=0.20)   # gap 65 > A_adv's 50
+    outcome = claim_rand_fgsm(records)
+    assert outcome.verdict == REPRODUCED and "largest gap is on A_adv@12" in outcome.explanation
+    records["A_adv-ens"]["attacks"]["rand_fgsm"] = summary(0.0)                 # gap 60 > A_adv's 50
+    records["A_adv@12"]["attacks"]["rand_fgsm"] = summary(0.60)
+    assert claim_rand_fgsm(records).verdict != REPRODUCED
+
+
 def test_ensemble_claim_counts_unmeasured_epochs():
     outcome = claim_ensemble_transfer(masked_records())
     assert [row[-1] for row in outcome.rows] == [REPRODUCED] * 3 + [NOT_MEASURED] * 3
