@@ -302,15 +302,20 @@ def _verdict_greater(high: Measured, low: Measured) -> str:
 
 
 def _combine(verdicts: list[str]) -> str:
-    if not verdicts or NOT_MEASURED in verdicts and len(set(verdicts)) == 1:
+    """One verdict for a claim; a claim with unmeasured comparisons is never complete on the rest."""
+    measured = [v for v in verdicts if v != NOT_MEASURED]
+    if not measured:
         return NOT_MEASURED
-    if all(v == REPRODUCED for v in verdicts):
-        return REPRODUCED
-    if all(v in (REPRODUCED, DIRECTION_ONLY) for v in verdicts):
-        return DIRECTION_ONLY
-    if any(v == REPRODUCED for v in verdicts):
-        return "partly reproduced"
-    return NOT_REPRODUCED
+    if all(v == REPRODUCED for v in measured):
+        verdict = REPRODUCED
+    elif all(v in (REPRODUCED, DIRECTION_ONLY) for v in measured):
+        verdict = DIRECTION_ONLY
+    elif any(v == REPRODUCED for v in measured):
+        verdict = "partly reproduced"
+    else:
+        verdict = NOT_REPRODUCED
+    missing = len(verdicts) - len(measured)
+    return verdict + (f" where measured ({missing} of {len(verdicts)} comparisons not yet)" if missing else "")
 
 
 def claim_white_box_vs_transfer(records) -> ClaimOutcome:
@@ -389,9 +394,7 @@ def claim_ensemble_transfer(records) -> ClaimOutcome:
             verdicts.append(verdict)
             outcome.rows.append([str(epochs), attack, adv.cell(), ens.cell(), verdict])
     measured = [v for v in verdicts if v != NOT_MEASURED]
-    outcome.verdict = _combine(measured) if measured else NOT_MEASURED
-    if measured and len(measured) < len(verdicts):   # the claim names both epochs: never complete on half
-        outcome.verdict += f" where measured ({len(verdicts) - len(measured)} of {len(verdicts)} comparisons not yet)"
+    outcome.verdict = _combine(verdicts)
     outcome.explanation = (f"{measured.count(REPRODUCED)} of {len(verdicts)} comparisons favour A_adv-ens "
                            f"significantly; {len(verdicts) - len(measured)} not measured.")
     return outcome
