@@ -26,7 +26,7 @@ from benchmark import paths
 from benchmark.board.pages import render_dataset, render_index
 from benchmark.board.ranking import collect, spec_datasets
 from benchmark.board.references import load_references
-from benchmark.board.sections import load_eps_sweeps, plot_name
+from benchmark.board.sections import load_eps_sweeps, plot_name, split_eps_sweeps
 from benchmark.board.status import data_date
 from benchmark.errors import OutputPathError
 from benchmark.evaluation.results import atomic_write_text
@@ -77,15 +77,23 @@ def page_path(out_dir: Path, name: str) -> Path:
 
 
 def write_pages(out_dir: Path = LEADERBOARD_DIR, spec_version: str | None = None) -> list[Path]:
+    """Write the pages and each dataset's accuracy-vs-eps plot of the sweeps its page shows; a plot
+    whose sweeps are all stale is removed rather than left beside a page that no longer shows it."""
     from benchmark.board.sweeps import plot_eps_sweeps
 
     written = []
     for name, text in render_pages(out_dir / "results", spec_version).items():
         atomic_write_text(page_path(out_dir, name), text)
         written.append(out_dir / name)
-        sweeps = load_eps_sweeps(out_dir / "sweeps", name[:-3]) if name != "README.md" else []
-        if sweeps:
-            written.append(plot_eps_sweeps(sweeps, out_dir / plot_name(name[:-3])))
+    judged = spec_version or load_spec().version
+    by_dataset = collect(out_dir / "results", spec_version)
+    for dataset in sorted(p.name for p in (out_dir / "sweeps").glob("*") if p.is_dir()):
+        shown, _ = split_eps_sweeps(load_eps_sweeps(out_dir / "sweeps", dataset), by_dataset.get(dataset, []), judged)
+        plot = out_dir / plot_name(dataset)
+        if shown:
+            written.append(plot_eps_sweeps(shown, plot))
+        elif plot.is_file():
+            plot.unlink()
     return written
 
 

@@ -19,6 +19,7 @@ from benchmark.board.sections import (
     render_references,
     render_submission_claims,
     render_superseded,
+    split_eps_sweeps,
 )
 from benchmark.board.status import index_row, page_release, release_line, status_line
 from benchmark.spec import load_spec
@@ -51,7 +52,7 @@ def render_dataset(dataset: str, rows: list[Row], references: list[Reference] = 
     lines += render_flagged(rows)
     lines += render_provisional(rows)
     lines += render_submission_claims(rows)
-    lines += render_eps_sweeps(dataset, list(sweeps))
+    lines += render_eps_sweeps(dataset, *split_eps_sweeps(list(sweeps), rows, spec_version))
     if references:
         lines += render_references(list(references), rows)
     lines += render_superseded(every_row)

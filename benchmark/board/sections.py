@@ -21,7 +21,7 @@ from benchmark.board.cells import (
     table,
     with_interval,
 )
-from benchmark.board.ranking import Row, budget_rows, ranked_rows
+from benchmark.board.ranking import Row, budget_rows, current_rows, ranked_rows
 from benchmark.board.record_fields import row_anchor
 from benchmark.board.references import Reference, hub_link
 from benchmark.evaluation.cascade import adaptive_cell
@@ -148,19 +148,51 @@ def plot_name(dataset: str) -> str:
     return f"{dataset}-eps.png"
 
 
-def render_eps_sweeps(dataset: str, sweeps: list[dict[str, Any]]) -> list[str]:
-    if not sweeps:
+def split_eps_sweeps(sweeps: list[dict[str, Any]], rows: list[Row],
+                     spec_version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(shown, stale): a sweep is shown only if it was measured under the page's spec on the weights
+    that a current record of the same entry judged; a curve of other weights (an older, retrained
+    model) would sit beside numbers it does not describe."""
+    judged = {(row.name, _weights_sha256(row.record["entry"])) for row in current_rows(rows)}
+    shown, stale = [], []
+    for record in sweeps:
+        current = (record["spec"]["version"] == spec_version
+                   and (record["entry"]["name"], _weights_sha256(record["entry"])) in judged)
+        (shown if current else stale).append(record)
+    return shown, stale
+
+
+def _weights_sha256(entry: dict[str, Any]) -> str | None:
+    weights = entry.get("weights")
+    return weights.get("sha256") if isinstance(weights, dict) else None
+
+
+def render_eps_sweeps(dataset: str, sweeps: list[dict[str, Any]], stale: list[dict[str, Any]] = ()) -> list[str]:
+    if not sweeps and not stale:
         return []
-    eps_values = sorted({p["eps"] for record in sweeps for p in record["points"]})
-    lines = ["", "## Accuracy vs eps", "", f"![accuracy under PGD vs eps]({plot_name(dataset)})", "",
-             f"PGD (EPGD for randomized entries) with the spec's schedule scaled to each eps; n = "
-             f"{sweeps[0]['n']} (`threatbench sweep`). Accuracy in %.", ""]
-    body = []
-    for record in sorted(sweeps, key=lambda r: r["entry"]["name"]):
-        by_eps = {p["eps"]: p for p in record["points"]}
-        body.append([markdown_text(record["entry"]["name"]), markdown_text(record["attack"]["name"]),
-                     *(percent(by_eps.get(eps)) for eps in eps_values)])
-    return lines + table(["entry", "attack", *(f"eps {eps:g}" for eps in eps_values)], body)
+    lines = ["", "## Accuracy vs eps", ""]
+    if sweeps:
+        lines += [f"![accuracy under PGD vs eps]({plot_name(dataset)})", "",
+                  f"PGD (EPGD for randomized entries) with the spec's schedule scaled to each eps; n = "
+                  f"{sweeps[0]['n']} (`threatbench sweep`). Accuracy in %.", ""]
+        eps_values = sorted({p["eps"] for record in sweeps for p in record["points"]})
+        body = []
+        for record in sorted(sweeps, key=lambda r: r["entry"]["name"]):
+            by_eps = {p["eps"]: p for p in record["points"]}
+            body.append([markdown_text(record["entry"]["name"]), markdown_text(record["attack"]["name"]),
+                         *(percent(by_eps.get(eps)) for eps in eps_values)])
+        lines += table(["entry", "attack", *(f"eps {eps:g}" for eps in eps_values)], body)
+    if stale:
+        described = ", ".join(
+            f"{markdown_text(r['entry']['name'])} (spec {markdown_text(r['spec']['version'])}, weights "
+            f"`{markdown_text(str(_weights_sha256(r['entry']))[:12])}`)"
+            for r in sorted(stale, key=lambda r: r["entry"]["name"]))
+        names = ",".join(sorted({r["entry"]["name"] for r in stale}))
+        lines += ([""] if sweeps else []) + [
+                  f"Not shown: sweeps measured on other weights than this page's current records, or "
+                  f"under an older spec: {described}. Rerun them with "
+                  f"`threatbench sweep --dataset {dataset} --entries {markdown_text(names)}`."]
+    return lines
 
 
 def render_references(references: list[Reference], rows: list[Row]) -> list[str]:
