@@ -44,9 +44,16 @@ def _percent(summary: dict | None) -> str:
     return "n/a" if summary is None or summary.get("accuracy") is None else f"{100 * summary['accuracy']:.1f}"
 
 
-def _key(row: Row | None) -> str:
+def _judged_weights(row: Row) -> str | None:
+    weights = row.record["entry"].get("weights")
+    return weights.get("sha256") if isinstance(weights, dict) else None
+
+
+def _key(row: Row | None, entry: ZooEntry) -> str:
     if row is None:
         return "not yet judged"
+    if _judged_weights(row) != entry.sha256:   # retrained and re-exported since: of other weights
+        return f"not yet judged (its record judged other weights, `{str(_judged_weights(row))[:12]}`)"
     key = row.record["worst_case"].get("all")
     if not row.rankable:
         return f"not ranked ({row.why_provisional()})"
@@ -67,8 +74,9 @@ def zoo_rows(dataset: str, results_dir: Path | None = None) -> list[list[str]]:
                                     if entry.smoothing else "")
         images = _training_data(entry, recipe)
         row = by_name.get(entry.name)
+        same_weights = row is not None and _judged_weights(row) == entry.sha256
         rows.append([entry.name, entry.role, trainer, images, str(entry.epoch), _training_time(entry),
-                     _percent(row.record["clean"] if row else None), _key(row)])
+                     _percent(row.record["clean"] if same_weights else None), _key(row, entry)])
     return rows
 
 

@@ -333,3 +333,24 @@ def test_a_float16_entry_moved_out_of_the_repository_keeps_its_sha256(tmp_path, 
     path = zoo_module.entry_weights(entry, progress=False)
     assert file_sha256(path) == entry.sha256
     assert entry_defense(entry, 10).predict(torch.rand(2, 1, 28, 28)).shape == (2,)
+
+
+def test_the_zoo_table_shows_a_record_only_of_the_weights_the_zoo_holds(tmp_path):
+    """A model retrained and re-exported has no ranked number until it is judged again: the record
+    of the weights it replaced is not shown as its number."""
+    import json
+
+    from records import write_true_record
+
+    from baselines.zoo_table import zoo_rows
+
+    entry = load_zoo("fashion-mnist").entry("A")
+    path = write_true_record(tmp_path, "A", clean=0.9, white_box=0.5, transfer=0.7, nattack=0.6)
+    row = {r[0]: r for r in zoo_rows("fashion-mnist", tmp_path / "results")}["A"]
+    assert row[-2:] == ["n/a", "not yet judged (its record judged other weights, `414141414141`)"]
+
+    record = json.loads(path.read_text())
+    record["entry"]["weights"]["sha256"] = entry.sha256
+    path.write_text(json.dumps(record))
+    row = {r[0]: r for r in zoo_rows("fashion-mnist", tmp_path / "results")}["A"]
+    assert row[-2:] == ["90.0", "50.0 [46.9, 52.0] (standard)"]
