@@ -28,6 +28,7 @@ from benchmark.data import load_evaluation_set
 from benchmark.evaluation.batch_sizes import choose_batch_sizes, default_batch_size
 from benchmark.evaluation.cascade import survivors
 from benchmark.evaluation.checks import check_defense_is_consistent
+from benchmark.evaluation.checks.held_out import check_not_fitted_to_evaluation_images, not_checked
 from benchmark.evaluation.checks.output import check_defense_output
 from benchmark.evaluation.entry import EntryInfo
 from benchmark.evaluation.plan import (
@@ -112,6 +113,9 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     defense, tuning = _placed(defense, device, memory_format=memory_format, cudnn_autotune=cudnn_autotune)
     probe = _probe_batch(eval_set, dataset_spec, batch_size, device)
     detected = admit_defense(defense, probe, dataset_spec, seed, consistency_check=consistency_check)
+    held_out = (check_not_fitted_to_evaluation_images(defense, dataset, len(eval_set), data_dir, seed=seed,
+                                                      device=device, confidence=spec.confidence)
+                if consistency_check else not_checked("a replay of a record whose entry was checked"))
     randomized = defense.randomized or detected
     batches = choose_batch_sizes(spec, dataset_spec, defense, probe, examples=len(eval_set), requested=batch_size,
                                  randomized=randomized, device=device, shard=shard)
@@ -126,7 +130,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     outcomes, costs = run.measure_all(plan.measurements, examples, precision=precision, tuning=tuning)
     run_info = RunInfo(total_seconds=max_over_shards(time.time() - started, shard, device),
                        examples_file=None if out is None else examples_path(out).name,
-                       processes=shard.world_size, tuning=tuning, precision_check=precision_check)
+                       processes=shard.world_size, tuning=tuning, precision_check=precision_check,
+                       held_out=held_out)
     record = build_record(conditions, plan, eval_set, entry, declared=defense.randomized, detected=detected,
                           outcomes=outcomes, costs=costs, run=run_info)
     _publish(record, outcomes, out, shard, state)

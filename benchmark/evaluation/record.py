@@ -68,6 +68,7 @@ class RunInfo:
     processes: int = 1
     tuning: KernelTuning = DEFAULT_TUNING
     precision_check: dict[str, Any] | None = None   # the check that validated a precision other than float32
+    held_out: dict[str, Any] | None = None          # benchmark.evaluation.checks.held_out, as recorded
 
 
 def build_record(conditions: Conditions, plan: Plan, eval_set, entry: EntryInfo, *, declared: bool,
@@ -105,6 +106,8 @@ def build_record(conditions: Conditions, plan: Plan, eval_set, entry: EntryInfo,
         "examples_file": run.examples_file,
         "provenance": record_provenance(conditions, plan.transfer_cache, run),
     }
+    if run.held_out is not None:
+        record["held_out"] = run.held_out
     if staged is not None:
         record["cascade"] = record_cascade(outcomes, by_family, staged.name)
         attacks[staged.name]["cascade"] = nattack_cascade(record["cascade"])

@@ -37,7 +37,7 @@ from benchmark.spec import FAMILIES, Spec, spec_for_record
 
 RECORD_KEYS = {"schema", "entry", "dataset", "spec", "threat_model", "budget", "n", "nattack_n",
                "subset_sha256", "seed", "randomness", "clean", "attacks", "families", "worst_case",
-               "diagnostics", "examples_file", "provenance", "cascade", "costs", "flags"}
+               "diagnostics", "examples_file", "provenance", "cascade", "costs", "flags", "held_out"}
 ENTRY_KEYS = {"name", "kind", "architecture", "weights", "paper", "recipe", "smoothing",
               "normalization", "submission", "randomized"}
 CLEAN_KEYS = {"accuracy", "correct", "n", "interval", "repeats", "spread", "seconds", "forward_passes",
