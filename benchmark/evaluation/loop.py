@@ -84,19 +84,18 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
              consistency_check: bool = True, examples: np.ndarray | None = None) -> Result:
     """Judge `defense` on `dataset` under the spec; write the record to `out` when given.
 
-    `sources` are the held-out transfer sources; by default the spec's own, loaded and
-    hash-checked. `families` limits what is run (the others are recorded as not run).
-    With `out`, progress is checkpointed beside it and a rerun of the same call resumes.
-    `precision` other than float32 must have passed `threatbench precision-check` on this device
-    (benchmark.runtime.precision); only that check itself sets `validated_precision_only=False`.
-    `memory_format` and `cudnn_autotune` are the kernel options of benchmark.runtime.kernel_tuning.
+    `sources` are the held-out transfer sources (default: the spec's own, hash-checked); `families`
+    limits what is run (the others are recorded as not run). With `out`, a rerun resumes.
+    `precision` other than float32 needs a passing `threatbench precision-check` on this device
+    (benchmark.runtime.precision), which alone sets `validated_precision_only=False`; `memory_format`
+    and `cudnn_autotune` are the kernel options of benchmark.runtime.kernel_tuning.
     `cascade` overrides the spec's (False: NAttack attacks its whole subsample, a diagnostic);
     `adaptive_examples` (bool [n]) replaces the seeded adaptive subsample (the regression replay).
-    `checkpoint_dir` holds the checkpoint instead of a hidden file beside `out`, so that it can be
-    committed and resumed on another machine (docs/long-evaluations.md).
-    `consistency_check=False` skips benchmark.evaluation.checks, only for a replay of an entry already checked.
-    `examples` (sorted indices) limits clean, white-box and transfer to those examples of the n (the
-    regression replay's random sample); the other columns of their outcomes stay 0.
+    `checkpoint_dir` holds the checkpoint instead of a hidden file beside `out`, to be committed and
+    resumed elsewhere (docs/long-evaluations.md); `consistency_check=False` skips the admission checks
+    (benchmark.evaluation.checks), only for a replay of an entry already checked.
+    `examples` (sorted indices) limits clean, white-box and transfer to those of the n (the regression
+    replay's sample; the other outcome columns stay 0).
     """
     started = time.time()
     spec = spec or load_spec()
@@ -112,10 +111,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     eval_set = _load_evaluation_set(dataset, dataset_spec, budget_spec.n, data_dir)
     defense, tuning = _placed(defense, device, memory_format=memory_format, cudnn_autotune=cudnn_autotune)
     probe = _probe_batch(eval_set, dataset_spec, batch_size, device)
-    detected = admit_defense(defense, probe, dataset_spec, seed, consistency_check=consistency_check)
-    held_out = (check_not_fitted_to_evaluation_images(defense, dataset, len(eval_set), data_dir, seed=seed,
-                                                      device=device, confidence=spec.confidence)
-                if consistency_check else not_checked("a replay of a record whose entry was checked"))
+    detected, held_out = _admitted(defense, probe, dataset, len(eval_set), spec, seed, device, data_dir,
+                                   consistency_check=consistency_check)
     randomized = defense.randomized or detected
     batches = choose_batch_sizes(spec, dataset_spec, defense, probe, examples=len(eval_set), requested=batch_size,
                                  randomized=randomized, device=device, shard=shard)
@@ -130,12 +127,21 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     outcomes, costs = run.measure_all(plan.measurements, examples, precision=precision, tuning=tuning)
     run_info = RunInfo(total_seconds=max_over_shards(time.time() - started, shard, device),
                        examples_file=None if out is None else examples_path(out).name,
-                       processes=shard.world_size, tuning=tuning, precision_check=precision_check,
-                       held_out=held_out)
+                       processes=shard.world_size, tuning=tuning, precision_check=precision_check, held_out=held_out)
     record = build_record(conditions, plan, eval_set, entry, declared=defense.randomized, detected=detected,
                           outcomes=outcomes, costs=costs, run=run_info)
     _publish(record, outcomes, out, shard, state)
     return Result(record=record, outcomes=outcomes)
+
+
+def _admitted(defense: Defense, probe: torch.Tensor, dataset: str, n: int, spec: Spec, seed: int,
+              device: torch.device, data_dir: str | Path | None, *, consistency_check: bool) -> tuple[bool, Any]:
+    """Run the admission checks before any attack: (randomness detected, the held-out check's result)."""
+    detected = admit_defense(defense, probe, spec.dataset(dataset), seed, consistency_check=consistency_check)
+    if not consistency_check:
+        return detected, not_checked("a replay of a record whose entry was checked")
+    return detected, check_not_fitted_to_evaluation_images(defense, dataset, n, data_dir, seed=seed, device=device,
+                                                           confidence=spec.confidence)
 
 
 def _allowed_precision(precision: str, device: torch.device, *, validated_only: bool) -> dict[str, Any] | None:
