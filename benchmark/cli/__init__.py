@@ -8,8 +8,11 @@ baselines) happen inside the command handlers, so that `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from benchmark.cli import board, evaluate, listing, spec, submission, tools, transfer, zoo
 from benchmark.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
@@ -34,11 +37,31 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while a command runs: a machine that ends a session, a job
+    scheduler or `kill` then gets the same checkpoint of finished work (an unhandled SIGTERM exits
+    at once and loses up to a checkpoint interval of it)."""
+    if threading.current_thread() is not threading.main_thread():   # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status = args.handler(args)
+        with _termination_as_interrupt():
+            status = args.handler(args)
         sys.stdout.flush()   # inside the try: a reader that left shows here, not at interpreter exit
         return status
     except ThreatbenchError as error:   # DataError included
@@ -52,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("\nthreatbench: interrupted; finished work is checkpointed, rerun the same command to "
-              "resume", file=sys.stderr)
+        print("\nthreatbench: interrupted (Ctrl-C or SIGTERM); finished work is checkpointed, rerun the same "
+              "command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if "torch.distributed" in sys.modules:   # only a command that used torch can have a group

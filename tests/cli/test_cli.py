@@ -6,6 +6,7 @@ import json
 import pickle
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -320,3 +321,37 @@ def test_run_judges_the_other_entries_when_one_cannot_be_loaded(tmp_path, capsys
     assert "not judged: C: rebuilt weights do not match" in captured.out
     assert "1 of 2 entries not judged" in captured.err and "C: rebuilt weights" in captured.err
     assert "| D " in captured.out.split("the fashion-mnist zoo")[1]
+
+
+_SLOW_COMMAND = """
+import argparse, sys, time
+import benchmark.cli as cli
+
+def handler(args):
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("checkpointed", flush=True)   # where evaluate() and train save their finished work
+        raise
+
+parser = argparse.ArgumentParser()
+parser.set_defaults(handler=handler)
+cli.build_parser = lambda: parser
+sys.exit(cli.main([]))
+"""
+
+
+def test_sigterm_takes_the_ctrl_c_path_so_finished_work_is_checkpointed():
+    """A machine that ends a session sends SIGTERM: the command saves and says how to resume,
+    instead of dying between two periodic checkpoints."""
+    from benchmark.cli.common import EXIT_INTERRUPTED
+
+    command = subprocess.Popen([sys.executable, "-c", _SLOW_COMMAND], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert command.stdout.readline().strip() == "ready"
+    command.send_signal(signal.SIGTERM)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == EXIT_INTERRUPTED, err
+    assert "checkpointed" in out
+    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
