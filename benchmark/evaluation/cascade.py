@@ -5,7 +5,7 @@ clean, the white-box family and the transfer family on all n examples, then the 
 (NAttack) on the examples of a fixed, seeded, uniformly random subsample that survived all of them
 (for a randomized entry: in at least one of the prediction repeats). An example that an earlier
 family broke is broken whatever NAttack does, so the per-example worst case is the same as without
-the cascade, with fewer queries (zoo D at the standard budget: 1.49M instead of 2.76M).
+the cascade, with fewer queries (zoo D at the standard budget: 1.40M instead of 2.42M).
 
 When the subsample is smaller than the evaluation set, the worst case over all families is
 estimated in two phases: acc = p * q, where p is the worst case over clean, white-box and transfer on
