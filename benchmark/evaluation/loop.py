@@ -111,8 +111,8 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     eval_set = _load_evaluation_set(dataset, dataset_spec, budget_spec.n, data_dir)
     defense, tuning = _placed(defense, device, memory_format=memory_format, cudnn_autotune=cudnn_autotune)
     probe = _probe_batch(eval_set, dataset_spec, batch_size, device)
-    detected, held_out = _admitted(defense, probe, dataset, len(eval_set), spec, seed, device, data_dir,
-                                   consistency_check=consistency_check)
+    detected, held_out = _admitted(defense, probe, dataset, dataset_spec, len(eval_set), spec, seed, device,
+                                   data_dir, consistency_check=consistency_check)
     randomized = defense.randomized or detected
     batches = choose_batch_sizes(spec, dataset_spec, defense, probe, examples=len(eval_set), requested=batch_size,
                                  randomized=randomized, device=device, shard=shard)
@@ -134,10 +134,11 @@ def evaluate(defense: Defense, dataset: str, *, budget: str = "quick", seed: int
     return Result(record=record, outcomes=outcomes)
 
 
-def _admitted(defense: Defense, probe: torch.Tensor, dataset: str, n: int, spec: Spec, seed: int,
-              device: torch.device, data_dir: str | Path | None, *, consistency_check: bool) -> tuple[bool, Any]:
+def _admitted(defense: Defense, probe: torch.Tensor, dataset: str, dataset_spec: DatasetSpec, n: int, spec: Spec,
+              seed: int, device: torch.device, data_dir: str | Path | None, *,
+              consistency_check: bool) -> tuple[bool, Any]:
     """Run the admission checks before any attack: (randomness detected, the held-out check's result)."""
-    detected = admit_defense(defense, probe, spec.dataset(dataset), seed, consistency_check=consistency_check)
+    detected = admit_defense(defense, probe, dataset_spec, seed, consistency_check=consistency_check)
     if not consistency_check:
         return detected, not_checked("a replay of a record whose entry was checked")
     return detected, check_not_fitted_to_evaluation_images(defense, dataset, n, data_dir, seed=seed, device=device,
