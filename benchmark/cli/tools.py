@@ -66,9 +66,28 @@ def _perf_nattack(defense, dataset, x, y, args):
                               repeats=max(1, args.repeats // 2))
     print(f"\nnattack: {k} images x population {dataset.nattack.population}, "
           f"{args.nattack_iterations} iterations: {nattack.queries_per_second:.0f} queries/s; floor "
-          f"(one batched forward of {k * dataset.nattack.population} images): "
+          f"(scoring its {k * dataset.nattack.population} images as NAttack batches them): "
           f"{nattack.floor_images_per_second:.0f} images/s; time per query {nattack.ratio_to_floor:.3f} x floor")
     return nattack
+
+
+def _perf_score_chunks(defense, dataset, args, device):
+    """The populations of --nattack-images images, scored in one pass and in chunks."""
+    from tabulate import tabulate
+
+    from benchmark.tools.perf import measure_score_chunks
+
+    images = max(1, args.nattack_images) * dataset.nattack.population
+    chunks = measure_score_chunks(defense, images, tuple(dataset.input_shape), device,
+                                  repeats=max(1, args.repeats // 2))
+    one_pass = chunks[0].seconds
+    print(f"\nscore passes (no gradient) over {images} images, NAttack's populations of "
+          f"{max(1, args.nattack_images)} images; on a CPU the judge scores a deterministic defense one "
+          f"population ({dataset.nattack.population} images) per pass, on a GPU all in one pass")
+    print(tabulate([["one pass" if c.chunk == 0 else c.chunk, f"{c.images_per_second:.0f}",
+                     f"{one_pass / c.seconds:.2f}"] for c in chunks],
+                   headers=["chunk", "images / s", "speed-up"], tablefmt="github"))
+    return chunks
 
 
 def _perf_smoothing(defense, x, args):
@@ -135,12 +154,14 @@ def command_perf(args) -> int:
     tunings, tuning = _perf_kernel_options(defense, x, y, args, device)
     floor, rows = _perf_attacks(defense, dataset, x, y, args, tuning)
     nattack = _perf_nattack(defense, dataset, x, y, args)
+    score_chunks = _perf_score_chunks(defense, dataset, args, device)
     smoothing = _perf_smoothing(defense, x, args)
     transfer = _perf_transfer(dataset, eval_set, args, device)
     report = perf_report(
         model=model, device=device, batch_size=args.batch_size, repeats=args.repeats, tunings=tunings,
         tuning=tuning, floor_seconds=floor, rows=rows, nattack=nattack,
         nattack_iterations=args.nattack_iterations, smoothing=smoothing, transfer=transfer,
+        score_chunks=score_chunks,
         provenance=collect(device, batch_size=args.batch_size, total_seconds=time.perf_counter() - started,
                            tuning=tuning.as_provenance()))
     _print_goals(report["goals"])

@@ -129,19 +129,23 @@ def measure_nattack(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Ten
                     iterations: int = 10, repeats: int = 3, seed: int = 0) -> NAttackPerf:
     """NAttack's queries per second against one batched forward pass of the same size.
 
-    The floor is `defense.scores` on a batch of images * population inputs: what one NAttack
-    iteration must at least cost.
+    The floor is scoring images * population inputs as NAttack batches them
+    (`population_log_scores`): what one NAttack iteration must at least cost.
     """
-    from benchmark.attacks.nattack import nattack
+    from benchmark.attacks.nattack import nattack, population_log_scores
 
     device = x.device
     population = dataset.nattack.population
-    floor_input = torch.rand((x.shape[0] * population, *x.shape[1:]), device=device)
-    defense.scores(floor_input)   # warm-up
+    floor_input = torch.rand((x.shape[0], population, *x.shape[1:]), device=device)
+
+    def floor():
+        return population_log_scores(defense, floor_input, draws=1)
+
+    floor()   # warm-up
     floor_times, attack_times, queries = [], [], 0
     indices = torch.arange(x.shape[0])
     for _ in range(repeats):
-        floor_times.append(_time(lambda: defense.scores(floor_input), device))
+        floor_times.append(_time(floor, device))
         started = time.perf_counter()
         result = nattack(defense, x, y, indices, eps=dataset.eps, params=dataset.nattack, seed=seed,
                          max_iterations=iterations)
@@ -149,7 +153,42 @@ def measure_nattack(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Ten
         attack_times.append(time.perf_counter() - started)
         queries = int(result.queries.sum())
     seconds = statistics.median(attack_times)
-    return NAttackPerf(x.shape[0], queries, seconds, statistics.median(floor_times) / floor_input.shape[0])
+    return NAttackPerf(x.shape[0], queries, seconds, statistics.median(floor_times) / (x.shape[0] * population))
+
+
+@dataclass(frozen=True)
+class ScoreChunkPerf:
+    images: int
+    chunk: int          # 0: all images in one forward pass
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+
+SCORE_CHUNKS = (0, 64, 128, 300, 600)   # 300: one NAttack population, what the judge uses on a CPU
+
+
+def measure_score_chunks(defense, images: int, input_shape: tuple[int, ...], device: torch.device, *,
+                         chunks: tuple[int, ...] = SCORE_CHUNKS, repeats: int = 3) -> list[ScoreChunkPerf]:
+    """Forward passes without gradient over NAttack populations of `images` inputs in all, in one pass
+    and in chunks (interleaved, median): why a CPU scores one population per pass
+    (`benchmark.attacks.nattack.population_log_scores`)."""
+    inputs = torch.rand((images, *input_shape), device=device)
+
+    @torch.no_grad()
+    def run(chunk: int) -> None:
+        for part in ([inputs] if chunk == 0 else inputs.split(chunk)):
+            defense.forward(part)
+
+    for chunk in chunks:   # warm-up
+        run(chunk)
+    times: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+    for _ in range(repeats):
+        for chunk in chunks:
+            times[chunk].append(_time(lambda c=chunk: run(c), device))
+    return [ScoreChunkPerf(images, chunk, statistics.median(times[chunk])) for chunk in chunks]
 
 
 @dataclass(frozen=True)
@@ -263,7 +302,8 @@ def goal_verdicts(ratios: dict[str, float], device: torch.device) -> dict:
 def perf_report(*, model: dict, device: torch.device, batch_size: int, repeats: int,
                 tunings: list[TuningPerf], tuning: KernelTuning, floor_seconds: float, rows: list[PerfRow],
                 nattack: NAttackPerf, nattack_iterations: int, smoothing: SmoothingPerf,
-                transfer: TransferPerf | None, provenance: dict) -> dict:
+                transfer: TransferPerf | None, provenance: dict,
+                score_chunks: list[ScoreChunkPerf] | None = None) -> dict:
     """The measurements of one `threatbench perf` run as a `threatbench.perf/1` document."""
     ratios = {row.attack: row.ratio_to_floor for row in rows}
     ratios.update(nattack=nattack.ratio_to_floor, smoothed_predict=smoothing.ratio_to_floor)
@@ -284,6 +324,9 @@ def perf_report(*, model: dict, device: torch.device, batch_size: int, repeats: 
                     "seconds": nattack.seconds, "queries_per_second": nattack.queries_per_second,
                     "floor_images_per_second": nattack.floor_images_per_second,
                     "ratio_to_floor": nattack.ratio_to_floor},
+        "score_chunks": None if score_chunks is None else [
+            {"images": c.images, "chunk": c.chunk, "seconds": c.seconds, "images_per_second": c.images_per_second}
+            for c in score_chunks],
         "smoothed_predict": {"images": smoothing.images, "samples": smoothing.samples, "seconds": smoothing.seconds,
                              "floor_seconds": smoothing.floor_seconds, "ratio_to_floor": smoothing.ratio_to_floor},
         "transfer_cache": None if transfer is None else {

@@ -14,6 +14,7 @@ from benchmark.attacks.nattack import (
     margin_loss,
     nattack,
     pixel_candidate_images,
+    population_log_scores,
     to_tanh_space,
 )
 from benchmark.models.defense import Defense
@@ -170,6 +171,44 @@ def test_results_do_not_depend_on_the_batch_layout(trained_mlp, fashion_test_bat
                      max_iterations=30) for s in (0, 4)]
     assert torch.equal(whole.correct, torch.cat([p.correct for p in parts]))
     assert torch.equal(whole.queries, torch.cat([p.queries for p in parts]))
+
+
+class _BatchSizes(torch.nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batches = model, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["mnist_a", "mnist_b", "mnist_c", "mnist_d"])
+def test_populations_are_scored_one_per_pass_on_a_cpu_with_the_same_scores(name):
+    """Faster on a CPU, and a deterministic model's scores do not change by a bit (the regression
+    replay compares recorded outcomes exactly)."""
+    from benchmark.models.architectures import build
+
+    torch.manual_seed(0)
+    counting = _BatchSizes(build(name, 10))
+    defense = Defense(counting, 10)
+    populations = torch.rand(3, 300, 1, 28, 28)
+    whole = defense.log_scores(populations.reshape(-1, 1, 28, 28))
+    counting.batches.clear()
+    assert torch.equal(population_log_scores(defense, populations, draws=1), whole)
+    assert counting.batches == [300, 300, 300]
+
+
+def test_a_randomized_defense_scores_the_whole_batch_in_one_pass():
+    """Its weight noise is one draw per forward pass, and the spec fixes the batch."""
+    from tests.conftest import NoisyModel, small_mlp
+
+    counting = _BatchSizes(NoisyModel(small_mlp()))
+    defense = Defense(counting, 10, randomized=True)
+    assert population_log_scores(defense, torch.rand(4, 30, 1, 28, 28), draws=2).shape == (120, 10)
+    assert counting.batches == [120, 120]
 
 
 def test_margin_loss_takes_the_runner_up_per_row():
