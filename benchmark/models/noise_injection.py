@@ -3,7 +3,7 @@
 `inject_noise(network, kind)` swaps every `nn.Conv2d` / `nn.Linear` of a network, in place, for a noisy
 twin that reuses the *same* `weight` and `bias` parameters. A state dict therefore keeps every original
 key and only gains the noise parameters, so a weights file of a noisy model is the file of its base
-model plus a few tensors (He et al. 2019, arXiv:1811.09310; Zheltonozhskii et al. 2020, arXiv:2006.01615).
+model plus a few tensors (He et al. 2019, arXiv:1811.09310; Zheltonozhskii et al. 2020, arXiv:2003.02188).
 
 - PNI-W ("pni"): w~ = w + alpha * eta, eta ~ N(0, std(w)^2), one learnable scalar `noise_alpha` per layer
   (layer-wise, init 0.25: the PNI paper's variant; §6 item 8 lists the others).
