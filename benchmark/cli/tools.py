@@ -75,6 +75,7 @@ def _perf_score_chunks(defense, dataset, args, device):
     """The populations of --nattack-images images, scored in one pass and in chunks."""
     from tabulate import tabulate
 
+    from benchmark.attacks.nattack import CPU_SCORE_CHUNK
     from benchmark.tools.perf import measure_score_chunks
 
     images = max(1, args.nattack_images) * dataset.nattack.population
@@ -82,8 +83,8 @@ def _perf_score_chunks(defense, dataset, args, device):
                                   repeats=max(1, args.repeats // 2))
     one_pass = chunks[0].seconds
     print(f"\nscore passes (no gradient) over {images} images, NAttack's populations of "
-          f"{max(1, args.nattack_images)} images; on a CPU the judge scores a deterministic defense one "
-          f"population ({dataset.nattack.population} images) per pass, on a GPU all in one pass")
+          f"{max(1, args.nattack_images)} images; on a CPU the judge scores a deterministic defense in "
+          f"chunks of {CPU_SCORE_CHUNK}, on a GPU all in one pass")
     print(tabulate([["one pass" if c.chunk == 0 else c.chunk, f"{c.images_per_second:.0f}",
                      f"{one_pass / c.seconds:.2f}"] for c in chunks],
                    headers=["chunk", "images / s", "speed-up"], tablefmt="github"))

@@ -167,13 +167,13 @@ class ScoreChunkPerf:
         return self.images / self.seconds
 
 
-SCORE_CHUNKS = (0, 64, 128, 300, 600)   # 300: one NAttack population, what the judge uses on a CPU
+SCORE_CHUNKS = (0, 30, 60, 100, 300)   # 60: what the judge uses on a CPU (nattack.CPU_SCORE_CHUNK)
 
 
 def measure_score_chunks(defense, images: int, input_shape: tuple[int, ...], device: torch.device, *,
                          chunks: tuple[int, ...] = SCORE_CHUNKS, repeats: int = 3) -> list[ScoreChunkPerf]:
     """Forward passes without gradient over NAttack populations of `images` inputs in all, in one pass
-    and in chunks (interleaved, median): why a CPU scores one population per pass
+    and in chunks (interleaved, median): why a CPU scores them in chunks
     (`benchmark.attacks.nattack.population_log_scores`)."""
     inputs = torch.rand((images, *input_shape), device=device)
 
