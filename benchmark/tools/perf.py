@@ -127,7 +127,7 @@ class NAttackPerf:
 
 def measure_nattack(defense, dataset: DatasetSpec, x: torch.Tensor, y: torch.Tensor, *,
                     iterations: int = 10, repeats: int = 3, seed: int = 0) -> NAttackPerf:
-    """NAttack's queries per second against one batched forward pass of the same size.
+    """NAttack's queries per second against scoring as many images without the search.
 
     The floor is scoring images * population inputs as NAttack batches them
     (`population_log_scores`): what one NAttack iteration must at least cost.
