@@ -23,6 +23,7 @@ Layout of a recipe file::
     [optimizer]                         # adam (default) or sgd
     name = "adam"
     learning_rate = 1e-3
+    noise_learning_rate = 5e-5          # optional: PNI/CNI noise parameters' own step size
 
     [adversary]                         # the trainer's own parameters (TRAINER_KEYS)
     eps = 0.1
@@ -32,6 +33,7 @@ Layout of a recipe file::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -87,10 +89,15 @@ TRAINER_KEYS: dict[str, dict[str, tuple[type, bool, Any]]] = {
     },
 }
 LABELS = ("predicted", "true")
+# noise_learning_rate: the step size of the noise parameters (PNI alpha, CNI a_d and F), default the
+# learning rate. Adam moves every parameter by about its learning rate whatever the parameter's size,
+# so noise parameters initialized far smaller than the weights need their own (see make_optimizer).
 OPTIMIZERS = {
-    "adam": {"learning_rate": (float, True, None), "weight_decay": (float, False, 0.0)},
+    "adam": {"learning_rate": (float, True, None), "weight_decay": (float, False, 0.0),
+             "noise_learning_rate": (float, False, None)},
     "sgd": {"learning_rate": (float, True, None), "weight_decay": (float, False, 0.0),
-            "momentum": (float, False, 0.9), "nesterov": (bool, False, False)},
+            "momentum": (float, False, 0.9), "nesterov": (bool, False, False),
+            "noise_learning_rate": (float, False, None)},
 }
 TOP_LEVEL = {
     "schema": (str, True, None), "name": (str, True, None), "dataset": (str, True, None),
@@ -125,6 +132,7 @@ class Optimizer:
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = False
+    noise_learning_rate: float | None = None   # None: learning_rate
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,13 @@ def _read_table(table: dict[str, Any], keys: dict[str, tuple[type, bool, Any]], 
         else:
             values[key] = _typed(table[key], kind, prefix + key, where)
     return values
+
+
+def _check_learning_rates(optimizer: Optimizer, where: str) -> None:
+    for key in ("learning_rate", "noise_learning_rate"):
+        value = getattr(optimizer, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise RecipeError(f"{where}: optimizer.{key} must be a finite number > 0, got {value!r}")
 
 
 def _check_ranges(top: dict[str, Any], adversary: dict[str, Any], where: str) -> None:
@@ -249,6 +264,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         raise RecipeError(f"{where}: optimizer.name {optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")
     optimizer = Optimizer(optimizer_name, **_read_table(optimizer_table, OPTIMIZERS[optimizer_name],
                                                         "optimizer.", where))
+    _check_learning_rates(optimizer, where)
     adversary = _read_table(table.get("adversary", {}), TRAINER_KEYS[top["trainer"]], "adversary.", where)
     _check_ranges(top, adversary, where)
     return Recipe(

@@ -72,14 +72,17 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Noise parameters (PNI alpha, CNI factors) get no weight decay, as in the PNI code."""
+    """Noise parameters (PNI alpha, CNI factors) get no weight decay, as in the PNI code, and the
+    recipe's `noise_learning_rate` where it sets one (docs/training-attempts.md: under Adam, CNI
+    factors initialized relative to std(W) take steps as large as themselves)."""
     decayed, undecayed = [], []
     for name, parameter in model.named_parameters():
         (decayed if name.rsplit(".", 1)[-1] in WEIGHT_NAMES else undecayed).append(parameter)
     settings = recipe.optimizer
     groups = [{"params": decayed, "weight_decay": settings.weight_decay}]
     if undecayed:
-        groups.append({"params": undecayed, "weight_decay": 0.0})
+        noise_rate = settings.learning_rate if settings.noise_learning_rate is None else settings.noise_learning_rate
+        groups.append({"params": undecayed, "weight_decay": 0.0, "lr": noise_rate})
     if settings.name == "sgd":
         return torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum,
                                nesterov=settings.nesterov)

@@ -97,6 +97,22 @@ def test_noise_parameters_get_no_weight_decay():
         assert decays[id(parameter)] == expected, name
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_noise_parameters_take_their_own_learning_rate_where_the_recipe_sets_one(optimizer):
+    model = build("cni:mnist_d", 10).network
+    rates = {}
+    for extra in ("", "noise_learning_rate = 2e-5"):
+        recipe = parse_recipe(write_recipe_text("cni:mnist_d", optimizer, extra), Path("r.toml"))
+        groups = train_module.make_optimizer(recipe, model).param_groups
+        rates[extra] = {id(p): group["lr"] for group in groups for p in group["params"]}
+    noise = [p for name, p in model.named_parameters() if not name.endswith(("weight", "bias"))]
+    weights = [p for name, p in model.named_parameters() if name.endswith(("weight", "bias"))]
+    assert noise and weights
+    assert all(rates[""][id(p)] == 0.1 for p in noise + weights)
+    assert all(rates["noise_learning_rate = 2e-5"][id(p)] == 2e-5 for p in noise)
+    assert all(rates["noise_learning_rate = 2e-5"][id(p)] == 0.1 for p in weights)
+
+
 def write_recipe_text(architecture: str, optimizer: str, extra: str) -> str:
     return f"""
 schema = "threatbench.recipe/1"
