@@ -105,7 +105,7 @@ def page_path(dataset: str) -> Path:
 # ---------------------------------------------------------------- measuring
 
 
-def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device):
+def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device, progress: bool = True):
     """The defense and the record's entry fields for one planned model."""
     from benchmark.evaluation.entry import EntryInfo
 
@@ -115,7 +115,7 @@ def _planned_defense(model: PlannedModel, dataset: str, num_classes: int, device
                          weights={"file": entry.weights_file, "sha256": entry.sha256},
                          paper=entry.paper or None,
                          recipe={"file": entry.recipe, "sha256": entry.recipe_sha256, "epoch": entry.epoch})
-        return entry_defense(entry, num_classes, device=device), info
+        return entry_defense(entry, num_classes, device=device, progress=progress), info
     recipe = load_recipe(model.recipe)
     weights = train_recipe(recipe, progress=False).weights_at(model.epoch)   # cached when trained
     defense = load_defense(recipe.architecture, weights.path, num_classes=num_classes,
@@ -190,7 +190,7 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
             continue
         # A zoo entry's record is the leaderboard's: measure what it lacks and keep what it has.
         families = tuple(f for f in FAMILIES if f in done or f in model.families)
-        defense, info = _planned_defense(model, dataset, num_classes, device)
+        defense, info = _planned_defense(model, dataset, num_classes, device, progress)
         log(f"== {model.name}: {', '.join(families)} ({budget} budget)")
         evaluate(defense, dataset, budget=budget, out=out, device=device, data_dir=data_dir, entry=info,
                  spec=spec, progress=progress, families=families)
@@ -206,7 +206,7 @@ def evaluate_plan(dataset: str, *, budget: str, device, data_dir=None, progress:
         if out.is_file():
             continue
         entry: ZooEntry = zoo.entry(sweep.model)
-        base = entry_defense(entry, num_classes, device=device)
+        base = entry_defense(entry, num_classes, device=device, progress=progress)
         log(f"== {sweep.model}: smoothing sweep over m = {list(sweep.samples)} (n = {sweep.n})")
         smoothing_sweep(base.model, dataset=dataset, spec=spec, sigma=sweep.sigma, vote=sweep.vote,
                         samples=list(sweep.samples), n=sweep.n, out=out, data_dir=data_dir,

@@ -243,10 +243,11 @@ def rebuilt_cast_path(run, trained: TrainedWeights, storage: str) -> Path:
 
 
 def entry_defense(entry: ZooEntry, num_classes: int, *, in_channels: int = 1,
-                  device: str | torch.device = "cpu") -> Defense:
-    """The entry as the judge sees it: weights sha256-checked, smoothing applied when declared."""
+                  device: str | torch.device = "cpu", progress: bool = True) -> Defense:
+    """The entry as the judge sees it: weights sha256-checked, smoothing applied when declared.
+    `progress` shows the training bars when uncommitted weights are rebuilt from the recipe."""
     smoothing = None if entry.smoothing is None else dataclasses.asdict(entry.smoothing)
-    return judged_defense(entry.architecture, entry_weights(entry), sha256=entry.sha256,
+    return judged_defense(entry.architecture, entry_weights(entry, progress=progress), sha256=entry.sha256,
                           num_classes=num_classes, in_channels=in_channels, name=entry.name,
                           randomized=entry.randomized, smoothing=smoothing, device=device)
 

@@ -81,7 +81,8 @@ def command_sweep(args) -> int:
     names = [n.strip() for n in args.entries.split(",")] if args.entries else zoo.names()
     for name in names:
         entry = zoo.entry(name)
-        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device)
+        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device,
+                                progress=not args.no_progress)
         record = eps_sweep(defense, dataset=args.dataset, spec=spec, eps_values=eps_values, n=args.n,
                            out=out_dir / f"{name}.json", data_dir=args.data_dir, device=device,
                            progress=not args.no_progress,

@@ -126,7 +126,7 @@ def command_run(args) -> int:
         try:
             check_recipe(entry)
             defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
-                                    device=device)
+                                    device=device, progress=not args.no_progress)
             result = evaluate(defense, zoo.dataset, budget=budget, seed=args.seed, out=out, device=device,
                               data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
                               progress=not args.no_progress, families=tuple(comma_separated(args.families)),

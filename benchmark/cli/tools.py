@@ -182,7 +182,8 @@ def command_precision_check(args) -> int:
     zoo = load_zoo(args.dataset)
     entry = zoo.entry(args.entry)
     dataset = load_spec().dataset(zoo.dataset)
-    defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device)
+    defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device,
+                            progress=not args.no_progress)
     print(f"precision check: {args.precision} vs float32 on zoo entry {entry.name} ({zoo.dataset}), "
           f"first {args.n} test images, every white-box attack")
     check = run_precision_check(defense, zoo.dataset, args.precision, n=args.n, device=device,

@@ -354,3 +354,20 @@ def test_the_zoo_table_shows_a_record_only_of_the_weights_the_zoo_holds(tmp_path
     path.write_text(json.dumps(record))
     row = {r[0]: r for r in zoo_rows("fashion-mnist", tmp_path / "results")}["A"]
     assert row[-2:] == ["90.0", "50.0 [46.9, 52.0] (standard)"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_rebuilt_entry_trains_with_the_callers_progress_setting(monkeypatch, progress):
+    """`threatbench run/sweep --no-progress` must not show the bars of C's rebuild from its recipe."""
+    import baselines.zoo as zoo_module
+
+    entry = next(e for e in ZOO.entries if e.name == "A")
+    seen = []
+
+    def fake_weights(entry, *, progress=True):
+        seen.append(progress)
+        return entry.weights
+
+    monkeypatch.setattr(zoo_module, "entry_weights", fake_weights)
+    entry_defense(entry, 10, progress=progress)
+    assert seen == [progress]
