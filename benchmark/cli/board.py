@@ -67,9 +67,11 @@ def _sweep_eps_values(text: str) -> list[float]:
 
 
 def command_sweep(args) -> int:
-    from baselines.zoo import entry_defense, load_zoo
+    from baselines.recipes import RecipeError
+    from baselines.zoo import ZooError, entry_defense, load_zoo
     from benchmark.board.leaderboard import write_pages
     from benchmark.board.sweeps import eps_sweep
+    from benchmark.cli.evaluate import ENTRY_ERRORS
 
     spec = load_spec()
     device = pick_device(args.device)
@@ -79,10 +81,16 @@ def command_sweep(args) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else LEADERBOARD_DIR / "sweeps" / args.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [n.strip() for n in args.entries.split(",")] if args.entries else zoo.names()
+    not_swept = []
     for name in names:
         entry = zoo.entry(name)
-        defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0], device=device,
-                                progress=not args.no_progress)
+        try:
+            defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
+                                    device=device, progress=not args.no_progress)
+        except (*ENTRY_ERRORS, RecipeError, ZooError) as error:   # as `run`: sweep the others, report at the end
+            print(f"{name}: not swept: {error}")
+            not_swept.append(name)
+            continue
         record = eps_sweep(defense, dataset=args.dataset, spec=spec, eps_values=eps_values, n=args.n,
                            out=out_dir / f"{name}.json", data_dir=args.data_dir, device=device,
                            progress=not args.no_progress,
@@ -92,6 +100,9 @@ def command_sweep(args) -> int:
     if not args.out_dir:
         write_pages(LEADERBOARD_DIR, spec.version)
         print(f"plot and page updated in {LEADERBOARD_DIR}")
+    if not_swept:
+        raise ThreatbenchError(f"{len(not_swept)} of {len(names)} entries not swept (the others' curves are "
+                               f"written): {', '.join(not_swept)}; see the lines above")
     return 0
 
 

@@ -87,3 +87,29 @@ def test_the_sweep_command_refuses_bad_eps(capsys):
     assert "--eps must be comma-separated numbers" in capsys.readouterr().err
     assert main(["sweep", "--eps", "0,2", "--entries", "D"]) == 2
     assert "must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_an_entry_without_weights_is_reported_and_the_others_are_swept(tmp_path, monkeypatch, capsys):
+    """As `run`: C cannot be rebuilt on every machine; that must not cost the other entries' curves."""
+    import baselines.zoo as zoo_module
+    import benchmark.board.sweeps as sweeps_module
+    from benchmark.cli import main
+
+    swept = []
+
+    def fake_defense(entry, *args, **kwargs):
+        if entry.name == "C":
+            raise zoo_module.ZooError("C: the weights rebuilt from fashion-mnist/C.toml hash to 6fe0...")
+        return entry.name
+
+    def fake_sweep(defense, **kwargs):
+        swept.append(defense)
+        return {"points": [{"eps": 0.0, "accuracy": 0.5}]}
+
+    monkeypatch.setattr(zoo_module, "entry_defense", fake_defense)
+    monkeypatch.setattr(sweeps_module, "eps_sweep", fake_sweep)
+    assert main(["sweep", "--entries", "C,D", "--out-dir", str(tmp_path)]) == 2
+    output = capsys.readouterr()
+    assert swept == ["D"]
+    assert "C: not swept: C: the weights rebuilt" in output.out
+    assert "1 of 2 entries not swept" in output.err and "Traceback" not in output.err
