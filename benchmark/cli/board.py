@@ -67,11 +67,10 @@ def _sweep_eps_values(text: str) -> list[float]:
 
 
 def command_sweep(args) -> int:
-    from baselines.recipes import RecipeError
-    from baselines.zoo import ZooError, entry_defense, load_zoo
+    from baselines.zoo import entry_defense, load_zoo
     from benchmark.board.leaderboard import write_pages
     from benchmark.board.sweeps import eps_sweep
-    from benchmark.cli.evaluate import ENTRY_ERRORS
+    from benchmark.cli.evaluate import zoo_entry_errors
 
     spec = load_spec()
     device = pick_device(args.device)
@@ -87,7 +86,7 @@ def command_sweep(args) -> int:
         try:
             defense = entry_defense(entry, dataset.num_classes, in_channels=dataset.input_shape[0],
                                     device=device, progress=not args.no_progress)
-        except (*ENTRY_ERRORS, RecipeError, ZooError) as error:   # as `run`: sweep the others, report at the end
+        except zoo_entry_errors() as error:   # as `run`: sweep the others, report at the end
             print(f"{name}: not swept: {error}")
             not_swept.append(name)
             continue

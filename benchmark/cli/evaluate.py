@@ -38,6 +38,15 @@ FAMILIES_DEFAULT = "white_box,transfer,adaptive"
 ENTRY_ERRORS = (ArchitectureError, DefenseOutputError, StatefulDefenseError, WeightsError)
 
 
+def zoo_entry_errors() -> tuple[type[Exception], ...]:
+    """What loading one zoo entry can raise (its weights, recipe or zoo line): `run` and `sweep` report
+    it and go on with the other entries. baselines is imported here, lazily, as everywhere in the CLI."""
+    from baselines.recipes import RecipeError
+    from baselines.zoo import ZooError
+
+    return (*ENTRY_ERRORS, RecipeError, ZooError)
+
+
 def command_evaluate(args) -> int:
     from benchmark.evaluation.entry import EntryInfo
     from benchmark.evaluation.loop import evaluate
@@ -103,8 +112,7 @@ def _zoo_entry_info(entry):
 def command_run(args) -> int:
     from tabulate import tabulate
 
-    from baselines.recipes import RecipeError
-    from baselines.zoo import ZooError, check_recipe, entry_defense, load_zoo
+    from baselines.zoo import check_recipe, entry_defense, load_zoo
     from benchmark.evaluation.loop import evaluate
     from benchmark.runtime.distributed import is_main_process
 
@@ -131,7 +139,7 @@ def command_run(args) -> int:
                               data_dir=args.data_dir, entry=_zoo_entry_info(entry), spec=spec,
                               progress=not args.no_progress, families=tuple(comma_separated(args.families)),
                               **numerics(args), **cascade_options(args))
-        except (*ENTRY_ERRORS, RecipeError, ZooError) as error:   # one entry's weights or recipe: judge the others, report at the end
+        except zoo_entry_errors() as error:   # one entry's weights or recipe: judge the others, report at the end
             say(f"not judged: {error}")
             not_judged.append((entry.name, str(error)))
             continue
