@@ -91,6 +91,24 @@ def _perf_score_chunks(defense, dataset, args, device):
     return chunks
 
 
+def _perf_smoothed_score_chunks(defense, dataset, args, device):
+    """A smoothed noisy copy of the model scoring NAttack's populations, in one pass and in chunks."""
+    from tabulate import tabulate
+
+    from benchmark.tools.perf import measure_smoothed_score_chunks
+
+    images = max(1, args.nattack_images) * dataset.nattack.population
+    chunks = measure_smoothed_score_chunks(defense, images, tuple(dataset.input_shape), device,
+                                           samples=args.smoothing_samples, repeats=max(1, args.repeats // 2))
+    one_pass = chunks[0].seconds
+    print(f"\nsmoothed scoring (model A with PNI-W weight noise, {args.smoothing_samples} draws) of {images} "
+          "images; on a CPU the judge scores one draw per pass in chunks of rows that share it")
+    print(tabulate([["one pass per block" if c.chunk == 0 else c.chunk, f"{c.images_per_second:.1f}",
+                     f"{one_pass / c.seconds:.2f}"] for c in chunks],
+                   headers=["chunk", "queries / s", "speed-up"], tablefmt="github"))
+    return chunks
+
+
 def _perf_smoothing(defense, x, args):
     from benchmark.tools.perf import measure_smoothed_predict
 
@@ -156,13 +174,14 @@ def command_perf(args) -> int:
     floor, rows = _perf_attacks(defense, dataset, x, y, args, tuning)
     nattack = _perf_nattack(defense, dataset, x, y, args)
     score_chunks = _perf_score_chunks(defense, dataset, args, device)
+    smoothed_chunks = _perf_smoothed_score_chunks(defense, dataset, args, device)
     smoothing = _perf_smoothing(defense, x, args)
     transfer = _perf_transfer(dataset, eval_set, args, device)
     report = perf_report(
         model=model, device=device, batch_size=args.batch_size, repeats=args.repeats, tunings=tunings,
         tuning=tuning, floor_seconds=floor, rows=rows, nattack=nattack,
         nattack_iterations=args.nattack_iterations, smoothing=smoothing, transfer=transfer,
-        score_chunks=score_chunks,
+        score_chunks=score_chunks, smoothed_score_chunks=smoothed_chunks,
         provenance=collect(device, batch_size=args.batch_size, total_seconds=time.perf_counter() - started,
                            tuning=tuning.as_provenance()))
     _print_goals(report["goals"])

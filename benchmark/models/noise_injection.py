@@ -21,7 +21,8 @@ drawn on *every* forward pass, training and eval, from torch's global generator,
 
 By default one draw is shared by the whole batch (PNI / SIAM). Inside `noise_groups(module, g)` a batch
 of g*B rows is read as g contiguous chunks, each with its own independent draw, so that smoothed inference
-can run many Monte-Carlo samples of a noisy model in one batched pass.
+can run many Monte-Carlo samples of a noisy model in one batched pass. Inside `held_noise_draws(module)`
+the layers keep their first draw, so one batch can be scored in several chunks of rows.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class NoisyLayer:
         size = self.weight.numel()
         self.noise_kind = "cni" if kind == "cni" and size <= max_colored_weights else "pni"
         self.noise_groups = 1
+        self.holding_noise = False
+        self.held_weights: torch.Tensor | None = None
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         if self.noise_kind == "pni":
             self.noise_alpha = nn.Parameter(torch.tensor(PNI_ALPHA_INIT, **factory))
@@ -84,8 +87,19 @@ class NoisyLayer:
         return noise.view(draws, *weight.shape)
 
     def noisy_weights(self, draws: int) -> torch.Tensor:
-        """W + noise for `draws` independent draws, shape (draws, *weight.shape)."""
-        return self.weight + self.sample_weight_noise(draws)
+        """W + noise for `draws` independent draws, shape (draws, *weight.shape); inside
+        `held_noise_draws` the first call's draws are kept and returned again."""
+        if self.held_weights is not None:
+            if self.held_weights.shape[0] != draws:
+                raise ValueError(
+                    f"{type(self).__name__}: {draws} noise draws asked while {self.held_weights.shape[0]} "
+                    "are held; keep noise_groups fixed inside held_noise_draws"
+                )
+            return self.held_weights
+        weights = self.weight + self.sample_weight_noise(draws)
+        if self.holding_noise:
+            self.held_weights = weights
+        return weights
 
     def _groups_for(self, batch: int) -> int:
         groups = self.noise_groups
@@ -273,6 +287,29 @@ def noise_groups(module: nn.Module, groups: int) -> Iterator[nn.Module]:
     finally:
         for layer, value in zip(layers, previous, strict=True):
             layer.noise_groups = value
+
+
+@contextmanager
+def held_noise_draws(module: nn.Module) -> Iterator[nn.Module]:
+    """While active, every noisy layer of `module` draws its weight noise on its first forward pass and
+    reuses that draw on every later pass; the draws are dropped on exit, also after an exception.
+
+    A batch can then go through the model in chunks of rows that all see the same draw, as they would
+    in one pass: the layers draw in the order the first chunk calls them, which is the order one pass
+    would, so the random stream is consumed exactly as by one pass (smoothed scoring on a CPU,
+    docs/long-evaluations.md). A module without noisy layers is unaffected.
+    """
+    layers = noisy_layers(module)
+    if any(layer.holding_noise for layer in layers):
+        raise ValueError("held_noise_draws is already active on this module; it does not nest")
+    try:
+        for layer in layers:
+            layer.holding_noise = True
+        yield module
+    finally:
+        for layer in layers:
+            layer.holding_noise = False
+            layer.held_weights = None
 
 
 def largest_noisy_weight(module: nn.Module) -> int:

@@ -23,11 +23,12 @@ from torch import nn
 
 from benchmark.errors import ThreatbenchError
 from benchmark.models.defense import Defense, require_finite
-from benchmark.models.noise_injection import largest_noisy_weight, noise_groups
+from benchmark.models.noise_injection import held_noise_draws, largest_noisy_weight, noise_groups
 
 VOTES = ("prediction", "soft", "weighted")
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_MAX_NOISE_ELEMENTS = 1 << 26   # 256 MiB of float32 noisy-weight copies per batched pass
+CPU_CHUNK_IMAGES = 60                   # images per forward pass on a CPU (docs/long-evaluations.md)
 
 
 class SmoothingConfigError(ThreatbenchError, ValueError):
@@ -66,19 +67,29 @@ class SmoothedDefense(Defense):
     draw j) inside `noise_groups(model, k)`, so each draw has its own weight-noise sample. k is bounded
     so that a pass has at most `max_batch` rows and at most `max_noise_elements` elements in the noisy
     copies of the largest noisy weight; a batch larger than `max_batch` is split into blocks.
+
+    On a CPU each pass is one draw, and it goes through the model in chunks of `cpu_chunk` rows
+    that share the draw's weight noise (`held_noise_draws`): a chunk of few rows then reuses one noisy
+    copy of each weight from cache instead of streaming k copies, and the draws are still one per
+    pass (docs/long-evaluations.md). The chunking relies on the model's randomness being its noisy
+    layers, so a Defense subclass (its own forward may draw more) is never chunked; cpu_chunk=None
+    turns chunking off.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, config: SmoothingConfig, *,
                  name: str = "smoothed", max_batch: int = DEFAULT_MAX_BATCH,
-                 max_noise_elements: int = DEFAULT_MAX_NOISE_ELEMENTS):
+                 max_noise_elements: int = DEFAULT_MAX_NOISE_ELEMENTS,
+                 cpu_chunk: int | None = CPU_CHUNK_IMAGES):
         super().__init__(model, num_classes, randomized=True, name=name)
-        if max_batch < 1 or max_noise_elements < 1:
+        if max_batch < 1 or max_noise_elements < 1 or (cpu_chunk is not None and cpu_chunk < 1):
             raise SmoothingConfigError(
-                f"max_batch and max_noise_elements must be >= 1, got {max_batch}, {max_noise_elements}"
+                "max_batch, max_noise_elements and cpu_chunk must be >= 1, got "
+                f"{max_batch}, {max_noise_elements}, {cpu_chunk}"
             )
         self.config = config
         self.max_batch = max_batch
         self.max_noise_elements = max_noise_elements
+        self.cpu_chunk = cpu_chunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of one draw: model(x + sigma * N(0, I)), with the model's own weight noise if any."""
@@ -112,7 +123,7 @@ class SmoothedDefense(Defense):
         return torch.cat([self._block_log_mean(block) for block in x.split(self.max_batch)])
 
     def _block_log_mean(self, block: torch.Tensor) -> torch.Tensor:
-        per_pass = self._draws_per_pass(block.shape[0])
+        per_pass = self._draws_per_pass(block)
         parts = []
         for start in range(0, self.config.samples, per_pass):
             draws = min(per_pass, self.config.samples - start)
@@ -130,25 +141,42 @@ class SmoothedDefense(Defense):
     def _block_totals(self, block: torch.Tensor) -> torch.Tensor:
         totals = torch.zeros(block.shape[0], self.num_classes, dtype=torch.float64,
                              device=block.device)
-        per_pass = self._draws_per_pass(block.shape[0])
+        per_pass = self._draws_per_pass(block)
         for start in range(0, self.config.samples, per_pass):
             draws = min(per_pass, self.config.samples - start)
             logits = self._draw_logits(block, draws)               # (draws, b, C)
             totals += vote_weights(logits.double(), self.config.vote).sum(dim=0)
         return totals
 
-    def _draws_per_pass(self, rows: int) -> int:
-        by_rows = self.max_batch // rows
+    def _draws_per_pass(self, block: torch.Tensor) -> int:
+        if self._chunked(block):
+            return 1
+        by_rows = self.max_batch // block.shape[0]
         largest = largest_noisy_weight(self.model)
         by_noise = self.max_noise_elements // largest if largest else by_rows
         return max(1, min(by_rows, by_noise, self.config.samples))
 
     def _draw_logits(self, block: torch.Tensor, draws: int) -> torch.Tensor:
         """Logits of `draws` independent draws, shape (draws, b, C): rows j*b..(j+1)*b-1 are draw j."""
-        batch = block.repeat(draws, *([1] * (block.ndim - 1)))
+        rows = block.shape[0]
+        batch = self._add_input_noise(block.repeat(draws, *([1] * (block.ndim - 1))))
         with noise_groups(self.model, draws):
-            logits = require_finite(self.forward(batch), self.name)
-        return logits.view(draws, block.shape[0], self.num_classes)
+            if not self._chunked(block):
+                return self._model_logits(batch).view(draws, rows, self.num_classes)
+            chunk_rows = self.cpu_chunk
+            by_draw = batch.view(draws, rows, *block.shape[1:])
+            with held_noise_draws(self.model):
+                parts = [self._model_logits(by_draw[:, start:start + chunk_rows].flatten(0, 1))
+                         .view(draws, -1, self.num_classes) for start in range(0, rows, chunk_rows)]
+        return torch.cat(parts, dim=1)
+
+    def _model_logits(self, noisy_inputs: torch.Tensor) -> torch.Tensor:
+        return require_finite(super().forward(noisy_inputs), self.name)
+
+    def _chunked(self, block: torch.Tensor) -> bool:
+        """Score in chunks that share one draw: on a CPU, unless the model is a Defense (see class doc)."""
+        return (self.cpu_chunk is not None and block.device.type == "cpu"
+                and not isinstance(self.model, Defense))
 
 
 def vote_weights(logits: torch.Tensor, vote: str) -> torch.Tensor:

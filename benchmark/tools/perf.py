@@ -250,6 +250,33 @@ def measure_smoothed_predict(defense, x: torch.Tensor, *, samples: int = 16, sig
     return SmoothingPerf(x.shape[0], samples, statistics.median(predict_times), statistics.median(floor_times))
 
 
+SMOOTHED_SCORE_CHUNKS = (0, 30, 60, 120, 240)   # 60: SmoothedDefense's default cpu_chunk
+
+
+def measure_smoothed_score_chunks(defense, images: int, input_shape: tuple[int, ...], device: torch.device, *,
+                                  samples: int = 16, sigma: float = 0.06,
+                                  chunks: tuple[int, ...] = SMOOTHED_SCORE_CHUNKS,
+                                  repeats: int = 3) -> list[ScoreChunkPerf]:
+    """NAttack's scoring (`log_scores`) of a smoothed, weight-noise (PNI-W) copy of the model over
+    `images` inputs: one grouped pass per block (chunk 0) against one draw per pass in chunks of rows
+    that share it (interleaved, median). Why a CPU scores smoothed entries in chunks."""
+    from benchmark.models.noise_injection import inject_noise
+    from benchmark.models.smoothing import SmoothedDefense, SmoothingConfig
+
+    noisy = inject_noise(copy.deepcopy(defense.model), "pni").to(device).eval()
+    config = SmoothingConfig(samples, sigma, "soft")
+    variants = {chunk: SmoothedDefense(noisy, defense.num_classes, config, cpu_chunk=chunk or None)
+                for chunk in chunks}
+    inputs = torch.rand((images, *input_shape), device=device)
+    for variant in variants.values():   # warm-up
+        variant.log_scores(inputs)
+    times: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+    for _ in range(repeats):
+        for chunk, variant in variants.items():
+            times[chunk].append(_time(lambda v=variant: v.log_scores(inputs), device))
+    return [ScoreChunkPerf(images, chunk, statistics.median(times[chunk])) for chunk in chunks]
+
+
 @dataclass(frozen=True)
 class TuningPerf:
     tuning: KernelTuning
@@ -303,7 +330,8 @@ def perf_report(*, model: dict, device: torch.device, batch_size: int, repeats: 
                 tunings: list[TuningPerf], tuning: KernelTuning, floor_seconds: float, rows: list[PerfRow],
                 nattack: NAttackPerf, nattack_iterations: int, smoothing: SmoothingPerf,
                 transfer: TransferPerf | None, provenance: dict,
-                score_chunks: list[ScoreChunkPerf] | None = None) -> dict:
+                score_chunks: list[ScoreChunkPerf] | None = None,
+                smoothed_score_chunks: list[ScoreChunkPerf] | None = None) -> dict:
     """The measurements of one `threatbench perf` run as a `threatbench.perf/1` document."""
     ratios = {row.attack: row.ratio_to_floor for row in rows}
     ratios.update(nattack=nattack.ratio_to_floor, smoothed_predict=smoothing.ratio_to_floor)
@@ -327,6 +355,9 @@ def perf_report(*, model: dict, device: torch.device, batch_size: int, repeats: 
         "score_chunks": None if score_chunks is None else [
             {"images": c.images, "chunk": c.chunk, "seconds": c.seconds, "images_per_second": c.images_per_second}
             for c in score_chunks],
+        "smoothed_score_chunks": None if smoothed_score_chunks is None else [
+            {"images": c.images, "chunk": c.chunk, "seconds": c.seconds, "queries_per_second": c.images_per_second}
+            for c in smoothed_score_chunks],
         "smoothed_predict": {"images": smoothing.images, "samples": smoothing.samples, "seconds": smoothing.seconds,
                              "floor_seconds": smoothing.floor_seconds, "ratio_to_floor": smoothing.ratio_to_floor},
         "transfer_cache": None if transfer is None else {

@@ -105,14 +105,14 @@ def test_console_script_and_module_entry_point():
 def test_perf_prints_ratios_to_the_floor_and_writes_them(tmp_path, capsys):
     out_file = tmp_path / "perf.json"
     assert main(["perf", "--batch-size", "16", "--repeats", "1", "--nattack-images", "2",
-                 "--nattack-iterations", "2", "--out", str(out_file)]) == 0
+                 "--nattack-iterations", "2", "--smoothing-samples", "2", "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "floor" in out and "x floor" in out
     for attack in ["fgsm", "step_ll", "rand_fgsm", "ifgsm", "pgd"]:
         assert attack in out
     assert "nattack:" in out and "queries/s" in out
     assert "score passes (no gradient) over 600 images" in out
-    ratio = float(re.search(r"smoothed predict: 16 images x 16 draws: .* ([\d.]+) x floor", out).group(1))
+    ratio = float(re.search(r"smoothed predict: 16 images x 2 draws: .* ([\d.]+) x floor", out).group(1))
     assert ratio > 0
     assert "transfer (pgd crafted on held-out B" in out and "1 chunk hit" in out
     assert "not judged on this device" in out
@@ -123,6 +123,9 @@ def test_perf_prints_ratios_to_the_floor_and_writes_them(tmp_path, capsys):
     assert report["nattack"]["queries"] > 0 and report["transfer_cache"]["hits"] == 1
     assert [c["chunk"] for c in report["score_chunks"]] == [0, 30, 60, 100, 300]
     assert all(c["images"] == 600 and c["images_per_second"] > 0 for c in report["score_chunks"])
+    assert "smoothed scoring (model A with PNI-W weight noise, 2 draws) of 600 images" in out
+    assert [c["chunk"] for c in report["smoothed_score_chunks"]] == [0, 30, 60, 120, 240]
+    assert all(c["queries_per_second"] > 0 for c in report["smoothed_score_chunks"])
     pgd = next(a for a in report["attacks"] if a["attack"] == "pgd")
     goals = {g["measurement"]: g for g in report["goals"]["goals"]}
     assert goals["pgd"]["ratio"] == round(pgd["ratio_to_floor"], 4)

@@ -15,6 +15,7 @@ from benchmark.models.noise_injection import (
     NoisyConv2d,
     NoisyLayer,
     NoisyLinear,
+    held_noise_draws,
     inject_noise,
     is_noisy,
     largest_noisy_weight,
@@ -263,6 +264,43 @@ def test_noise_groups_reject_an_uneven_batch_and_restore_after_errors():
     assert all(layer.noise_groups == 1 for layer in _layers(network))
     with pytest.raises(ValueError, match="positive"), noise_groups(network, 0):
         pass
+
+
+@pytest.mark.parametrize("kind", ["pni", "cni"])
+def test_held_noise_draws_score_chunks_as_one_pass_with_the_same_random_stream(kind):
+    network = inject_noise(tiny_net(), kind)
+    x = torch.rand(3 * 4, 1, 8, 8)
+    by_draw = x.view(3, 4, 1, 8, 8)
+    torch.manual_seed(5)
+    with torch.no_grad(), noise_groups(network, 3):
+        one_pass = network(x).view(3, 4, 3)
+    torch.manual_seed(5)
+    with torch.no_grad(), noise_groups(network, 3), held_noise_draws(network):
+        chunks = [network(by_draw[:, rows].flatten(0, 1)).view(3, -1, 3) for rows in (slice(0, 1), slice(1, 4))]
+    # Same draws; only float summation order may differ (a kernel picked by the chunk's size).
+    assert torch.allclose(torch.cat(chunks, dim=1), one_pass, rtol=1e-6, atol=1e-7)
+    assert torch.equal(torch.get_rng_state(), _state_after_one_pass(network, x))
+
+
+def _state_after_one_pass(network, x):
+    torch.manual_seed(5)
+    with torch.no_grad(), noise_groups(network, 3):
+        network(x)
+    return torch.get_rng_state()
+
+
+def test_held_noise_draws_are_dropped_on_exit_and_do_not_nest():
+    network = inject_noise(tiny_net(), "pni")
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad(), held_noise_draws(network):
+        assert torch.equal(network(x), network(x))
+        with pytest.raises(ValueError, match="does not nest"), held_noise_draws(network):
+            pass
+        with pytest.raises(ValueError, match="2 noise draws asked while 1"), noise_groups(network, 2):
+            network(x)
+    assert all(layer.held_weights is None and not layer.holding_noise for layer in _layers(network))
+    with torch.no_grad():
+        assert not torch.equal(network(x), network(x))
 
 
 def test_largest_noisy_weight():

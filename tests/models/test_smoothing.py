@@ -157,9 +157,66 @@ def test_noisy_model_draws_independent_weight_noise():
 
 def test_noise_memory_bound_limits_draws_per_pass():
     network = inject_noise(nn.Sequential(nn.Flatten(), nn.Linear(4, 10)), "pni")
-    defense = _smoothed(network, 10, 64, "prediction", max_noise_elements=100)
-    assert defense._draws_per_pass(rows=1) == 2           # 100 // 40 weights
+    defense = _smoothed(network, 10, 64, "prediction", max_noise_elements=100, cpu_chunk=None)
+    assert defense._draws_per_pass(torch.rand(1, 1, 2, 2)) == 2           # 100 // 40 weights
     assert defense.scores(torch.rand(3, 1, 2, 2)).shape == (3, 10)
+
+
+def _noisy_conv_net(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    return inject_noise(network.eval(), kind)
+
+
+@pytest.mark.parametrize("kind", ["pni", "cni"])
+def test_cpu_chunks_share_each_pass_draw_and_match_one_pass(kind):
+    network = _noisy_conv_net(kind)
+    x = torch.rand(5, 1, 8, 8)
+    # max_batch = rows makes the unchunked pass one draw too, so both consume the same random stream.
+    one_pass = _smoothed(network, 5, 6, "soft", sigma=0.1, max_batch=5, cpu_chunk=None)
+    chunked = _smoothed(network, 5, 6, "soft", sigma=0.1, max_batch=5, cpu_chunk=2)
+    assert chunked._draws_per_pass(x) == 1
+    torch.manual_seed(4)
+    expected = one_pass.log_scores(x)
+    torch.manual_seed(4)
+    actual = chunked.log_scores(x)
+    assert torch.allclose(actual, expected, rtol=1e-6, atol=1e-9)
+    torch.manual_seed(4)
+    assert torch.equal(chunked.predict(x), (torch.manual_seed(4), one_pass.predict(x))[1])
+
+
+def test_cpu_chunks_would_differ_if_each_chunk_drew_its_own_noise():
+    network = _noisy_conv_net("pni")
+    with torch.no_grad():
+        for layer in network.modules():
+            if hasattr(layer, "noise_alpha"):
+                layer.noise_alpha.fill_(5.0)
+    x = torch.rand(1, 1, 8, 8).repeat(4, 1, 1, 1)   # four copies of one image, one chunk each
+    defense = _smoothed(network, 5, 1, "soft", cpu_chunk=1)
+    scores = defense.log_scores(x)
+    assert torch.equal(scores, scores[:1].expand_as(scores))   # one draw per pass, shared by the chunks
+
+
+class CountingDefense(Defense):
+    def __init__(self, model):
+        super().__init__(model, 5)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_a_defense_model_is_never_chunked():
+    wrapped = CountingDefense(_noisy_conv_net("pni"))
+    defense = _smoothed(wrapped, 5, 4, "prediction", cpu_chunk=1)
+    defense.predict(torch.rand(3, 1, 8, 8))
+    assert wrapped.calls == 1      # all 4 draws of the 3 rows in one grouped pass
+
+
+def test_cpu_chunk_must_be_positive():
+    with pytest.raises(SmoothingConfigError, match="cpu_chunk"):
+        _smoothed(PixelLogits(3), 3, 2, "soft", cpu_chunk=0)
 
 
 def test_interface_types_and_one_draw_forward():
