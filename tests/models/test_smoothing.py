@@ -296,3 +296,20 @@ def test_step_ll_targets_the_argmin_of_the_mean_softmax_not_tied_votes(trained_m
     assert len(set(targets.tolist())) >= 3
     mean_softmax = smoothed.log_scores(x).exp()   # fresh draws: the argmin agrees on most examples
     assert (targets == mean_softmax.argmin(dim=1)).float().mean() > 0.8
+
+
+def test_a_judged_smoothed_entry_is_scored_in_chunks_on_a_cpu(tmp_path):
+    """The judge's path (architecture + weights file + smoothing) hands SmoothedDefense a bare model."""
+    from safetensors.torch import save_file
+
+    from benchmark.models.architectures import build
+    from benchmark.models.defense import file_sha256
+    from benchmark.models.entries import judged_defense
+
+    path = tmp_path / "pni.safetensors"
+    save_file({k: v.contiguous() for k, v in build("pni:mnist_a", 10).network.state_dict().items()}, str(path))
+    defense = judged_defense("pni:mnist_a", path, sha256=file_sha256(path), num_classes=10, in_channels=1,
+                             name="e", randomized=True, smoothing={"samples": 4, "sigma": 0.06})
+    x = torch.rand(3, 1, 28, 28)
+    assert isinstance(defense, SmoothedDefense) and defense._chunked(x)
+    assert defense.log_scores(x).shape == (3, 10)
