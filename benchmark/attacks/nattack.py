@@ -24,8 +24,9 @@ populations are searched together; on a GPU they go through the model as one bat
 deterministic defense scores them in forward passes of `CPU_SCORE_CHUNK` images: the activations of
 a whole batch (model A: about 2.5 GB for 34 populations) fit no cache, and chunks of 60 ran 3.5
 times faster on 2 cores, with the same scores to the bit (`threatbench perf`,
-docs/long-evaluations.md). A randomized defense always gets the whole batch in one pass, because
-its weight noise is one draw per forward pass and the spec fixes that batch. Every image sent to the
+docs/long-evaluations.md). A randomized defense always gets the whole batch in one call, because
+its weight noise is one draw per forward pass and the spec fixes that batch (a smoothed entry chunks
+inside its own scoring, every chunk sharing the pass's draw: `SmoothedDefense`). Every image sent to the
 defense counts as one query of its example. The search's own random draws come from per-example
 generators, so a deterministic defense gives results that do not depend on which images share a batch.
 """
