@@ -158,17 +158,17 @@ class SmoothedDefense(Defense):
 
     def _draw_logits(self, block: torch.Tensor, draws: int) -> torch.Tensor:
         """Logits of `draws` independent draws, shape (draws, b, C): rows j*b..(j+1)*b-1 are draw j."""
-        rows = block.shape[0]
+        if self._chunked(block):                                  # one draw per pass, see class doc
+            return self._one_draw_in_chunks(block).unsqueeze(0)
         batch = self._add_input_noise(block.repeat(draws, *([1] * (block.ndim - 1))))
         with noise_groups(self.model, draws):
-            if not self._chunked(block):
-                return self._model_logits(batch).view(draws, rows, self.num_classes)
-            chunk_rows = self.cpu_chunk
-            by_draw = batch.view(draws, rows, *block.shape[1:])
-            with held_noise_draws(self.model):
-                parts = [self._model_logits(by_draw[:, start:start + chunk_rows].flatten(0, 1))
-                         .view(draws, -1, self.num_classes) for start in range(0, rows, chunk_rows)]
-        return torch.cat(parts, dim=1)
+            return self._model_logits(batch).view(draws, block.shape[0], self.num_classes)
+
+    def _one_draw_in_chunks(self, block: torch.Tensor) -> torch.Tensor:
+        """One draw's logits, shape (b, C), the model run on `cpu_chunk` rows at a time."""
+        noisy = self._add_input_noise(block)
+        with noise_groups(self.model, 1), held_noise_draws(self.model):
+            return torch.cat([self._model_logits(chunk) for chunk in noisy.split(self.cpu_chunk)])
 
     def _model_logits(self, noisy_inputs: torch.Tensor) -> torch.Tensor:
         return require_finite(super().forward(noisy_inputs), self.name)
