@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from baselines.nattack_variants import targets
+from baselines.nattack_variants import targets, weights_sha256
 from benchmark.attacks.nattack import nattack
 from benchmark.data import load_evaluation_set
 from benchmark.evaluation.loop import evaluate
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "leaderboard" / "diagnostics" / "nattack-success-by-iteration"
 PAGE = ROOT / "docs" / "nattack-success-by-iteration.md"
 PLOT = ROOT / "docs" / "nattack-success-by-iteration.svg"
-DEFAULT_N = {"D": 100, "D binarized": 50, "A x1024 (last layer)": 50}
+DEFAULT_N = {"D": 100, "D binarized": 50, "A x1024 (last layer)": 50, "A_adv": 80, "A binarized": 20}
 KEEP = 0.95   # the cap keeps at least this fraction of the successes found by the longest search
 
 
@@ -62,8 +62,10 @@ def measure(name: str, n: int, iterations: int, seed: int, out: Path) -> dict:
     nattack_params = dataclasses.asdict(load_spec().dataset(DATASET).nattack)
     nattack_params.pop("max_iterations")
     nattack_params["search_shape"] = list(nattack_params["search_shape"])
-    settings = {"target": name, "n": n, "max_iterations": iterations, "seed": seed}
+    settings = {"target": name, "n": n, "max_iterations": iterations, "seed": seed,
+                "weights_sha256": weights_sha256(name)}
     # Resumes across spec edits that leave NAttack alone; the spec's sha256 is kept for the record.
+    # New weights (or a state from before weights were recorded) start the target afresh.
     if {k: state.get(k) for k in settings} != settings or state.get("nattack", nattack_params) != nattack_params:
         state = {**settings, "examples": {}}
     state.update(nattack=nattack_params, spec_sha256=load_spec().sha256)
@@ -154,21 +156,32 @@ def plot(states: dict[str, dict], max_iterations: int, path: Path) -> None:
 
 
 def table(states: dict[str, dict]) -> str:
-    lines = ["| target | examples | survivors (clean, white-box, transfer) | NAttack successes | "
-             "median success iteration | cap keeping 95% | NAttack seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | weights | examples | survivors (clean, white-box, transfer) | NAttack successes | "
+             "median success iteration | cap keeping 95% | NAttack seconds |", "|---|---|---|---|---|---|---|---|"]
     pooled = []
     for name, state in states.items():
         found = success_iterations(state)
         pooled += found
         measured = len(state["examples"])
         cap = smallest_cap(found)
-        lines.append(f"| {name} | {state['n']} | {len(state['survivors'])} (NAttack done on {measured}) | "
+        lines.append(f"| {name} | {weights_cell(name, state)} | {state['n']} | "
+                     f"{len(state['survivors'])} (NAttack done on {measured}) | "
                      f"{len(found)} | {np.median(found) if found else '-'} | {cap if cap is not None else '-'} | "
                      f"{state.get('nattack_seconds', 0):.0f} |")
     cap = smallest_cap(pooled)
-    lines.append(f"| **all** | | | {len(pooled)} | {np.median(pooled) if pooled else '-'} | "
+    lines.append(f"| **all** | | | | {len(pooled)} | {np.median(pooled) if pooled else '-'} | "
                  f"**{cap if cap is not None else '-'}** | |")
     return "\n".join(lines)
+
+
+def weights_cell(name: str, state: dict) -> str:
+    """Which weights were searched: the zoo's current ones, or say that the evidence is older."""
+    recorded = state.get("weights_sha256")
+    if recorded is None:
+        return "not recorded (older evidence, possibly of other weights)"
+    if recorded != weights_sha256(name):
+        return f"`{recorded[:12]}`, not the zoo's current weights"
+    return f"`{recorded[:12]}` (current)"
 
 
 def cumulative_rows(states: dict[str, dict], caps: tuple[int, ...]) -> str:
@@ -196,6 +209,17 @@ def per_target_kept(states: dict[str, dict], cap: int) -> str:
     return "" if not short else " (short of it: " + "; ".join(short) + ")"
 
 
+def cap_verdict(pooled: list[int], cap: int) -> str:
+    late = sum(1 for i in pooled if i > cap)
+    if not late:
+        return ("With so few successes the rule keeps all of them, so one late success moves the cap: a "
+                "larger sample (a future spec version) would estimate the tail better.")
+    return (f"**The frozen cap misses {late} of the {len(pooled)} successes measured here**, so a ranked "
+            "key at `standard` can overstate an entry's robustness by the survivors NAttack would break "
+            f"after iteration {cap} ([ranking.md](ranking.md#budgets) says what that means for the "
+            "ranking); a future spec version should raise the cap.")
+
+
 def page(states: dict[str, dict], max_iterations: int) -> str:
     spec = load_spec()
     cap = spec.dataset(DATASET).budget("standard").nattack_max_iterations
@@ -216,10 +240,12 @@ then searched every survivor for up to {max_iterations} iterations (the paper's 
 example's success iteration is the smallest cap under which the same search finds it (its draws
 depend only on the example, so a shorter run is a prefix of a longer one).
 
-The targets are robust zoo entries (A_adv: adversarial training; A_pni: noise injection, randomized),
-an undefended static model (D), and constructed masked models that defeat gradients: the
-input binarized at 0.5 (a cut graph, so white-box attacks see no gradient), and zoo A with its last
-layer scaled by 1024 (the margin-loss PGD breaks every example, so no survivor is left).
+The targets are robust zoo entries (A_adv: single-step adversarial training; A_madry: PGD
+adversarial training; A_pni: noise injection, randomized), an undefended static model (D), and
+constructed masked models that defeat gradients: the input binarized at 0.5 (a cut graph, so
+white-box attacks see no gradient), and zoo A with its last layer scaled by 1024 (the margin-loss PGD
+breaks every example, so no survivor is left). The weights column says which weights were searched;
+evidence from weights the zoo no longer has is shown, and says so.
 
 ![cumulative fraction of NAttack successes by iteration](nattack-success-by-iteration.svg)
 
@@ -231,13 +257,12 @@ Cumulative fraction of each target's successes found by a cap:
 
 **The rule.** The cap is the smallest number of iterations that keeps at least {KEEP:.0%} of the
 successes found by {max_iterations} iterations: over all targets pooled, {smallest_cap(pooled)}; for the
-strictest single target, {strictest}. The `standard` budget takes the larger of the two. Spec
+strictest single target, {strictest}. The rule takes the larger of the two. Spec
 {spec.version} (frozen) caps it at **{cap} iterations**, which keeps {kept(pooled, cap)} of the successes
 measured here{per_target_kept(states, cap)}.
 
-With so few successes the rule keeps all of them, so one late success moves the cap: a larger sample
-(a future spec version) would estimate the tail better. NAttack's cost grows with the cap (a survivor
-it cannot break costs population x cap queries), and the cap is what makes `standard` finish on a CPU.
+{cap_verdict(pooled, cap)} NAttack's cost grows with the cap (a survivor it cannot break costs
+population x cap queries), and the cap is what makes `standard` finish on a CPU.
 
 Reproduce: `python -m baselines.nattack_success_by_iteration` (it resumes; each target's survivors and
 every example's outcome are in `leaderboard/diagnostics/nattack-success-by-iteration/`), then
@@ -265,8 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         state = json.loads(path.read_text())
         states[state["target"]] = state
     if states:
-        plot(states, args.iterations, PLOT)
-        atomic_write_text(PAGE, page(states, args.iterations))
+        # Evidence kept elsewhere (--dir) gets its page beside it: docs/ shows the committed evidence.
+        page_path, plot_path = (PAGE, PLOT) if args.dir == DEFAULT_DIR else (args.dir / PAGE.name,
+                                                                            args.dir / PLOT.name)
+        plot(states, args.iterations, plot_path)
+        atomic_write_text(page_path, page(states, args.iterations))
         print(table(states))
 
 

@@ -56,6 +56,19 @@ class BinarizedInput(nn.Module):
         return self.model((x > 0.5).float())
 
 
+CONSTRUCTED_FROM = {"A x1024 (last layer)": "A"}
+
+
+def zoo_entry_of(target: str) -> str:
+    """The zoo entry whose weights a target uses: its own, or the base of a constructed variant."""
+    return CONSTRUCTED_FROM.get(target, target.removesuffix(" binarized"))
+
+
+def weights_sha256(target: str) -> str:
+    """The sha256 of the zoo weights `target` is built from, as the zoo pins it today."""
+    return load_zoo(DATASET).entry(zoo_entry_of(target)).sha256
+
+
 def zoo_defense(name: str) -> Defense:
     return entry_defense(load_zoo(DATASET).entry(name), load_spec().dataset(DATASET).num_classes)
 
@@ -64,10 +77,10 @@ def targets(names: list[str]) -> dict[str, Defense]:
     built: dict[str, Defense] = {}
     for name in names:
         if name == "A x1024 (last layer)":
-            base = zoo_defense("A")
+            base = zoo_defense(zoo_entry_of(name))
             built[name] = Defense(ScaledLastLayer(base.model, 1024.0), base.num_classes, name=name)
         elif name.endswith(" binarized"):
-            base = zoo_defense(name.removesuffix(" binarized"))
+            base = zoo_defense(zoo_entry_of(name))
             built[name] = Defense(BinarizedInput(base.model), base.num_classes, name=name)
         else:
             built[name] = zoo_defense(name)
