@@ -76,14 +76,13 @@ def zoo_defense(name: str) -> Defense:
 def targets(names: list[str]) -> dict[str, Defense]:
     built: dict[str, Defense] = {}
     for name in names:
+        base = zoo_defense(zoo_entry_of(name))
         if name == "A x1024 (last layer)":
-            base = zoo_defense(zoo_entry_of(name))
             built[name] = Defense(ScaledLastLayer(base.model, 1024.0), base.num_classes, name=name)
         elif name.endswith(" binarized"):
-            base = zoo_defense(zoo_entry_of(name))
             built[name] = Defense(BinarizedInput(base.model), base.num_classes, name=name)
         else:
-            built[name] = zoo_defense(name)
+            built[name] = base
     return built
 
 
