@@ -487,12 +487,19 @@ def judge_claims(evaluations: dict[str, dict], sweeps: dict[str, dict]) -> list[
 
 
 def _budget_line(evaluations: dict[str, dict], budget: str) -> str:
-    any_record = next(iter(evaluations.values()), None)
-    if any_record is None:
+    """The budget, and each evaluation subset with the models judged on it (a smoothed entry gets a
+    smaller n at the same budget), so no row is read at the wrong n."""
+    if not evaluations:
         return f"Budget: {budget}."
+    by_subset: dict[tuple[int, str], list[str]] = {}
+    for name, record in sorted(evaluations.items()):
+        by_subset.setdefault((record["n"], record["subset_sha256"]), []).append(name)
+    (n, subset), *others = sorted(by_subset, key=lambda key: -len(by_subset[key]))
+    sizes = f"n = {n} test images, the spec's fixed subset `{subset[:12]}`"
+    sizes += "".join(f"; {', '.join(by_subset[key])}: n = {key[0]}, subset `{key[1][:12]}`" for key in others)
+    any_record = next(iter(evaluations.values()))
     device = any_record["provenance"].get("device_name") or any_record["provenance"].get("device")
-    return (f"Budget: **{budget}** (n = {any_record['n']} test images, the spec's fixed subset "
-            f"`{any_record['subset_sha256'][:12]}`), spec {any_record['spec']['version']}, "
+    return (f"Budget: **{budget}** ({sizes}), spec {any_record['spec']['version']}, "
             f"eps {any_record['threat_model']['eps']:g}, measured on {device}.")
 
 

@@ -135,6 +135,14 @@ def test_the_page_is_deterministic_and_names_budget_and_verdicts():
     assert f"**{NOT_MEASURED}**" in first                   # no label-leak or smoothing records
 
 
+def test_the_budget_line_names_an_entry_judged_on_a_smaller_subset():
+    records = masked_records()
+    records["A_adv-ens"] = dict(records["A_adv-ens"], n=120, subset_sha256="d" * 64)
+    page = render_page("fashion-mnist", "standard", records, {})
+    assert "(n = 500 test images, the spec's fixed subset `eeeeeeeeeeee`; A_adv-ens: n = 120, " \
+           "subset `dddddddddddd`)" in page
+
+
 @requires_fashion
 def test_the_smoothing_sweep_measures_every_m_on_clean_pgd_and_epgd(tmp_path):
     from benchmark.board.sweeps import smoothing_sweep
