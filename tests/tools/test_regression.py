@@ -110,3 +110,26 @@ def test_nattack_replays_on_the_examples_the_record_attacked(d_copy):
     columns, _ = regression.replay(d_copy)["nattack"]
     attacked = np.flatnonzero(read_outcomes(d_copy)["nattack"].attacked)
     assert columns.tolist() == attacked[:regression.REGRESSION_NATTACK_N].tolist()
+
+
+class _FirstReplay(Exception):
+    pass
+
+
+@pytest.mark.parametrize("entry, checked", [("D", True), ("A_pni", True), ("A_pni-smoothed", False)])
+def test_replays_skip_the_admission_checks_of_smoothed_entries_only(entry, checked, monkeypatch):
+    record = RESULTS / "fashion-mnist" / f"{entry}-standard.json"
+    if not record.is_file():
+        pytest.skip(f"{record} is not committed")
+    asked = {}
+
+    def first_replay(*args, **options):
+        asked.update(options)
+        raise _FirstReplay
+
+    monkeypatch.setattr(regression, "_replay_evaluation", first_replay)
+    regression.replay.cache_clear()
+    with pytest.raises(_FirstReplay):
+        regression.replay(record)
+    regression.replay.cache_clear()
+    assert asked["consistency_check"] is checked
