@@ -270,6 +270,15 @@ every example's outcome are in `leaderboard/diagnostics/nattack-success-by-itera
 """
 
 
+def load_states(directory: Path) -> dict[str, dict]:
+    """Every target's evidence in `directory`, by target name, in file order."""
+    states = {}
+    for path in sorted(directory.glob("*.json")):
+        state = json.loads(path.read_text())
+        states[state["target"]] = state
+    return states
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", nargs="+",
@@ -285,10 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.entries:
             n = DEFAULT_N.get(name, args.n)
             measure(name, n, args.iterations, args.seed, args.dir / f"{file_stem(name)}.json")
-    states = {}
-    for path in sorted(args.dir.glob("*.json")):
-        state = json.loads(path.read_text())
-        states[state["target"]] = state
+    states = load_states(args.dir)
     if states:
         # Evidence kept elsewhere (--dir) gets its page beside it: docs/ shows the committed evidence.
         page_path, plot_path = (PAGE, PLOT) if args.dir == DEFAULT_DIR else (args.dir / PAGE.name,

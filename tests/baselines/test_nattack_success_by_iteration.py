@@ -49,11 +49,7 @@ def test_new_weights_start_a_target_afresh(tmp_path, monkeypatch):
 
 
 def test_the_committed_page_is_what_the_committed_evidence_gives():
-    states = {}
-    for path in sorted(study.DEFAULT_DIR.glob("*.json")):
-        state = json.loads(path.read_text())
-        states[state["target"]] = state
-    assert study.PAGE.read_text() == study.page(states, 500)
+    assert study.PAGE.read_text() == study.page(study.load_states(study.DEFAULT_DIR), 500)
 
 
 def test_evidence_kept_elsewhere_gets_its_page_beside_it(tmp_path):
