@@ -243,7 +243,7 @@ def replay(record_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         mask = np.zeros(n, dtype=bool)
         mask[chosen] = True
         spec = regression_spec(load_spec(), record, n=n)
-        # The checks run once per replay: in the first one, where there is one.
+        # The admission checks run once per entry: above, with the other families, when there are any.
         outcomes = _replay_evaluation(record, spec, device, ("adaptive",), cascade=False, adaptive_examples=mask,
                                       consistency_check=check and not first)
         replayed["nattack"] = (chosen, outcomes["nattack"].correct[:, chosen])
